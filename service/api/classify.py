@@ -1,0 +1,145 @@
+"""The ImageClassifier API: encoded images in, top-k labels out. Each image is decoded and preprocessed in
+a worker thread (images of one request in parallel) and goes through the model's batcher on its own, so
+images from different requests share batches."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import numpy as np
+
+from service.api.common import Call, deadline_ns, describe_failure, request_id
+from service.api.v2 import Server
+from service.config import cpu_quota
+from service.errors import InvalidArgument, ServeError
+from service.imaging import decode_image, image_from_pixels
+from service.preprocess import preprocess, top_k
+from service.protos.onnxserve.v1 import classify_pb2 as pb
+from service.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
+from service.repository import ModelVersion
+
+STREAM_MAX_INFLIGHT = 64
+
+
+class ClassifyServicer(pb_grpc.ImageClassifierServicer):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        # Pillow releases the GIL while decoding and resizing, so these threads run in parallel.
+        self.pool = ThreadPoolExecutor(max_workers=max(2, int(cpu_quota())), thread_name_prefix="preprocess")
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
+        call = Call(self.server.metrics, "classify", request.model_name, request_id(request.id))
+        try:
+            return await self._classify(request, call, deadline_ns(context))
+        except Exception as exc:
+            code, message = describe_failure(exc, call.request_id, f"Classify {request.model_name!r}")
+            call.code = code.name
+            await context.abort(code, message)
+        finally:
+            call.finish()
+
+    async def ClassifyStream(self, request_iterator: AsyncIterator[Any], context: Any
+                             ) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        responses: asyncio.Queue[pb.ClassifyStreamResponse | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_INFLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: Any) -> None:
+            call = Call(self.server.metrics, "classify", request.model_name, request_id(request.id))
+            try:
+                result = await self._classify(request, call, None)
+                responses.put_nowait(pb.ClassifyStreamResponse(response=result))
+            except Exception as exc:
+                code, message = describe_failure(exc, call.request_id, f"ClassifyStream {request.model_name!r}")
+                call.code = code.name
+                responses.put_nowait(pb.ClassifyStreamResponse(
+                    error_message=message, error_code=code.name,
+                    response=pb.ClassifyResponse(model_name=request.model_name, id=request.id)))
+            finally:
+                call.finish()
+                slots.release()
+
+        async def read() -> None:
+            async for request in request_iterator:
+                await slots.acquire()
+                task = asyncio.create_task(answer(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks))
+            responses.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+
+    async def _classify(self, request: Any, call: Call, deadline: int | None) -> pb.ClassifyResponse:
+        version = self.server.repository.get(request.model_name, request.model_version)
+        call.version = str(version.version)
+        config = version.config
+        if config.preprocess is None:
+            raise InvalidArgument(f"model '{version.name}' has no preprocess section in its config.yaml, so it "
+                                  "cannot classify images; send tensors with ModelInfer instead")
+        count = len(request.images)
+        if count == 0:
+            raise InvalidArgument("images: the request holds no image")
+        if count > config.limits.max_images_per_request:
+            raise InvalidArgument(f"images: {count} images, above the limit of "
+                                  f"{config.limits.max_images_per_request} per request")
+        k = request.top_k or config.postprocess.top_k
+        try:
+            scores = await asyncio.gather(*(self._one_image(version, i, image, deadline)
+                                            for i, image in enumerate(request.images)))
+        except BaseException:
+            version.stats.request_failed(call.elapsed_ns)
+            raise
+        predictions = top_k(np.concatenate(scores), k, config.postprocess.softmax, version.labels)
+        response = pb.ClassifyResponse(model_name=version.name, model_version=str(version.version), id=request.id)
+        for row in predictions:
+            result = response.results.add()
+            for p in row:
+                result.predictions.add(label=p.label, index=p.index, score=p.score)
+        return response
+
+    async def _one_image(self, version: ModelVersion, index: int, image: Any, deadline: int | None) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter_ns()
+        try:
+            tensor = await loop.run_in_executor(self.pool, _prepare, version, image)
+        except ServeError as exc:
+            raise type(exc)(f"image {index}: {exc}") from None
+        version.metrics.preprocess_duration.observe((time.perf_counter_ns() - started) / 1e9)
+        name = version.signature.inputs[0].name
+        result = await version.infer({name: tensor[np.newaxis]}, deadline)
+        version.stats.request_succeeded(time.perf_counter_ns() - started, result.queue_ns, result.batch, 0)
+        version.metrics.queue_duration.observe(result.queue_ns / 1e9)
+        return result.outputs[0]
+
+
+def _prepare(version: ModelVersion, image: Any) -> np.ndarray:
+    """Blocking (runs in the preprocess pool): decode and transform one image into the model's input."""
+    config, limits = version.config, version.config.limits
+    source = image.WhichOneof("source")
+    if source == "encoded":
+        decoded = decode_image(image.encoded, limits)
+    elif source == "pixels":
+        p = image.pixels
+        decoded = image_from_pixels(p.data, p.width, p.height, p.channels, limits)
+    else:
+        raise InvalidArgument("neither encoded bytes nor raw pixels given")
+    assert config.preprocess is not None
+    tensor = preprocess(decoded, config.preprocess)
+    spec = version.signature.inputs[0]
+    if not spec.accepts_shape((1, *tensor.shape)):
+        raise InvalidArgument(f"preprocessing gives shape {list(tensor.shape)}, which the model's input "
+                              f"{list(spec.shape)} does not accept: check the model's preprocess config")
+    return tensor
