@@ -147,6 +147,8 @@ class VersionMetrics:
         """Drops the series of an unloaded version, except its ready gauge, which reads 0."""
         m = self.metrics
         self.set_ready(False)
+        if multiprocess_mode():  # prometheus_client cannot remove series from multiprocess files
+            return
         for family in (m.queue_depth,):
             _remove(family, self.model, self.version)
         for labels in list(_label_sets(m.provider_info)):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -58,6 +59,8 @@ class RunningServer:
     settings: Settings
     reuse_port: bool = False
     metrics: Metrics = field(default_factory=Metrics)
+    worker: int | None = None  # the worker's index when one of several processes
+    on_ready: Callable[[], None] | None = None
     grpc_port: int = 0
     metrics_port: int = 0
 
@@ -87,7 +90,8 @@ class RunningServer:
         await health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
-        log.info("grpc listening on %s:%d%s", settings.host, port, " (TLS)" if credentials else "")
+        if self.worker is None:
+            log.info("grpc listening on %s:%d%s", settings.host, port, " (TLS)" if credentials else "")
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -117,7 +121,10 @@ class RunningServer:
         await repository.load_all()
         state.started = True
         await publish_health()
-        log.info("server %s", "ready" if state.ready() else "started, but not every model is ready")
+        who = "server" if self.worker is None else f"worker {self.worker}"
+        log.info("%s %s", who, "ready" if state.ready() else "started, but not every model is ready")
+        if self.on_ready is not None:
+            self.on_ready()
 
         await stop.wait()
         log.info("draining: finishing in-flight requests for up to %.1fs", settings.grace_period_s)
