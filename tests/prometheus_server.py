@@ -42,11 +42,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def write_config(path: Path, targets: list[str], job: str, scrape_interval: str) -> None:
+def write_config(path: Path, targets: list[str], job: str, scrape_interval: str,
+                 rule_files: list[Path] | None = None) -> None:
     """Write a prometheus.yml scraping `targets` (host:port) at /metrics. JSON is valid YAML."""
     config = {
         "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval,
                    "evaluation_interval": scrape_interval},
+        "rule_files": [str(Path(rule_file).resolve()) for rule_file in rule_files or []],
         "scrape_configs": [{"job_name": job, "metrics_path": "/metrics",
                             "static_configs": [{"targets": list(targets)}]}],
     }
@@ -55,17 +57,19 @@ def write_config(path: Path, targets: list[str], job: str, scrape_interval: str)
 
 @contextlib.contextmanager
 def running_prometheus(targets: list[str], tmp_path: Path, job: str = DEFAULT_JOB,
-                       scrape_interval: str = "1s", startup_timeout_s: float = 15.0) -> Iterator[str]:
+                       scrape_interval: str = "1s", rule_files: list[Path] | None = None,
+                       startup_timeout_s: float = 15.0) -> Iterator[str]:
     """Run Prometheus scraping `targets` under job `job`; yield its base URL (http://127.0.0.1:PORT).
 
-    Its config, data and log live in `tmp_path / "prometheus"`; the log is quoted in every error.
+    `rule_files` (e.g. deploy/prometheus/rules.yml) are evaluated every `scrape_interval`. Its config,
+    data and log live in `tmp_path / "prometheus"`; the log is quoted in every error.
     """
     if PROMETHEUS_BINARY is None:
         raise PrometheusError("the prometheus binary is not on PATH (Debian package `prometheus`)")
     workdir = tmp_path / "prometheus"
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
-    write_config(config_path, targets, job, scrape_interval)
+    write_config(config_path, targets, job, scrape_interval, rule_files)
     log_path = workdir / "prometheus.log"
 
     # The free port can be taken between free_port() and Prometheus binding it: then try another one.
@@ -111,6 +115,12 @@ def query_value(base_url: str, promql: str) -> float:
     if len(result) != 1:
         raise PrometheusError(f"query {promql!r} returned {len(result)} series, expected 1: {result}")
     return float(result[0]["value"][1])
+
+
+def rule_groups(base_url: str) -> list[dict[str, Any]]:
+    """The loaded rule groups with each rule's health and last error (GET /api/v1/rules)."""
+    with urllib.request.urlopen(f"{base_url}/api/v1/rules", timeout=_HTTP_TIMEOUT_S) as response:
+        return list(json.load(response)["data"]["groups"])
 
 
 def wait_for_scrape(base_url: str, job: str = DEFAULT_JOB, after: float | None = None,

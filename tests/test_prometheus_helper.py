@@ -13,11 +13,13 @@ from prometheus_server import (
     PrometheusError,
     query,
     query_value,
+    rule_groups,
     running_prometheus,
     wait_for_scrape,
 )
 
 JOB = "helper-probe"
+RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules.yml"
 
 if PROMETHEUS_BINARY is None:
     if os.environ.get("CI"):
@@ -44,7 +46,7 @@ def exporter() -> Iterator[tuple[str, Counter]]:
 def prometheus(exporter: tuple[str, Counter], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     target, _ = exporter
     tmp_path: Path = tmp_path_factory.mktemp("prometheus-helper")
-    with running_prometheus([target], tmp_path, job=JOB) as base_url:
+    with running_prometheus([target], tmp_path, job=JOB, rule_files=[RULES]) as base_url:
         yield base_url
 
 
@@ -77,3 +79,12 @@ def test_bad_queries_raise_with_prometheus_message(prometheus: str) -> None:
 def test_wait_for_scrape_reports_unscraped_job(prometheus: str) -> None:
     with pytest.raises(PrometheusError, match="not scraped successfully"):
         wait_for_scrape(prometheus, job="no-such-job", timeout_s=0.5)
+
+
+def test_rule_files_are_loaded_and_evaluate(prometheus: str) -> None:
+    groups = {group["name"]: group for group in rule_groups(prometheus)}
+    assert {"onnx-serve.recording", "onnx-serve.alerts"} <= set(groups)
+    wait_for_scrape(prometheus, job=JOB)  # at least one evaluation has happened since start
+    for group in groups.values():
+        for rule in group["rules"]:
+            assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
