@@ -144,14 +144,16 @@ class VersionMetrics:
             self.metrics.provider_info.labels(self.model, self.version, provider).set(1)
 
     def forget(self) -> None:
-        """Drops the series of an unloaded version, except its ready gauge, which reads 0."""
+        """Drops the series of an unloaded version, so a retired version does not read as "not ready"
+        forever. prometheus_client cannot remove series from multiprocess files: there the version's ready
+        gauge reads 0 instead."""
         m = self.metrics
-        self.set_ready(False)
-        if multiprocess_mode():  # prometheus_client cannot remove series from multiprocess files
+        if multiprocess_mode():
+            self.set_ready(False)
             return
-        for family in (m.queue_depth,):
+        for family in (m.model_ready, m.queue_depth):
             _remove(family, self.model, self.version)
-        for labels in list(_label_sets(m.provider_info)):
+        for labels in _label_sets(m.provider_info):
             if labels[:2] == (self.model, self.version):
                 _remove(m.provider_info, *labels)
 
