@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.api.common import Call, deadline_ns, describe_failure, request_id
+from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure, request_id
 from service.api.v2 import Server
 from service.config import cpu_quota
 from service.errors import InvalidArgument, ServeError
@@ -45,42 +45,20 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[Any], context: Any
                              ) -> AsyncIterator[pb.ClassifyStreamResponse]:
-        responses: asyncio.Queue[pb.ClassifyStreamResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_INFLIGHT)
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def answer(request: Any) -> None:
+        async def answer(request: Any) -> pb.ClassifyStreamResponse:
             call = Call(self.server.metrics, "classify", request.model_name, request_id(request.id))
             try:
-                result = await self._classify(request, call, None)
-                responses.put_nowait(pb.ClassifyStreamResponse(response=result))
+                return pb.ClassifyStreamResponse(response=await self._classify(request, call, None))
             except Exception as exc:
                 code, message = describe_failure(exc, call.request_id, f"ClassifyStream {request.model_name!r}")
                 call.code = code.name
-                responses.put_nowait(pb.ClassifyStreamResponse(
-                    error_message=message, error_code=code.name,
-                    response=pb.ClassifyResponse(model_name=request.model_name, id=request.id)))
+                failed = pb.ClassifyResponse(model_name=request.model_name, id=request.id)
+                return pb.ClassifyStreamResponse(error_message=message, error_code=code.name, response=failed)
             finally:
                 call.finish()
-                slots.release()
 
-        async def read() -> None:
-            async for request in request_iterator:
-                await slots.acquire()
-                task = asyncio.create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks))
-            responses.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (response := await responses.get()) is not None:
-                yield response
-            await reader
-        finally:
-            reader.cancel()
+        async for response in answer_concurrently(request_iterator, answer, STREAM_MAX_INFLIGHT):
+            yield response
 
     async def _classify(self, request: Any, call: Call, deadline: int | None) -> pb.ClassifyResponse:
         version = self.server.repository.get(request.model_name, request.model_version)

@@ -3,10 +3,13 @@ per-request accounting (metrics, in-flight gauge, statistics) done once at the e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 
@@ -17,6 +20,8 @@ log = logging.getLogger("service.api")
 access_log = logging.getLogger("service.access")
 
 STATUS = {code.name: code for code in grpc.StatusCode}
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
@@ -66,3 +71,42 @@ def describe_failure(exc: BaseException, call_id: str, what: str) -> tuple[grpc.
         return STATUS[exc.status_name], str(exc)
     log.error("%s failed with an internal error (request id %s)", what, call_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (request id {call_id})"
+
+
+async def answer_concurrently(
+    requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]], max_inflight: int
+) -> AsyncIterator[Resp]:
+    """Serves a bidirectional stream: every request is answered as soon as its own answer is ready (so the
+    responses need not follow request order; each carries its request's id), with at most `max_inflight`
+    answers pending so one stream cannot queue unbounded work. `answer` turns its failures into responses."""
+    responses: asyncio.Queue[Resp | None] = asyncio.Queue()
+    slots = asyncio.Semaphore(max_inflight)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(request: Req) -> None:
+        try:
+            responses.put_nowait(await answer(request))
+        finally:
+            slots.release()
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await slots.acquire()
+                task = asyncio.create_task(run(request))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks))
+        finally:
+            responses.put_nowait(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (response := await responses.get()) is not None:
+            yield response
+        await reader
+    finally:
+        reader.cancel()
+        for task in list(tasks):
+            task.cancel()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,10 +10,10 @@ import grpc
 import numpy as np
 
 from service import __version__
-from service.api.common import Call, deadline_ns, describe_failure, request_id
+from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure, request_id
 from service.api.model_config import model_config_proto
 from service.codec import decode_input, to_raw
-from service.errors import InvalidArgument, NotFound, ServeError
+from service.errors import InvalidArgument, ServeError
 from service.metrics import Metrics
 from service.protos.inference import grpc_service_pb2 as pb
 from service.protos.inference import grpc_service_pb2_grpc as pb_grpc
@@ -56,10 +54,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name="onnx-serve", version=__version__, extensions=EXTENSIONS)
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        # As Triton: an unknown, unloaded or failed model (or version) is simply not ready, not an error, so
+        # readiness polls (tritonclient's is_model_ready) get False instead of an exception.
         try:
             return pb.ModelReadyResponse(ready=self.repository.get(request.name, request.version).ready)
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ServeError:
             return pb.ModelReadyResponse(ready=False)
 
@@ -133,43 +131,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests are answered as they finish (not in order); each response carries its request's id."""
-        responses: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_INFLIGHT)
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def answer(request: Any) -> None:
+        async def answer(request: Any) -> pb.ModelStreamInferResponse:
             call = Call(self.server.metrics, "stream", request.model_name, request_id(request.id))
             try:
-                responses.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, call, None)))
+                return pb.ModelStreamInferResponse(infer_response=await self._infer(request, call, None))
             except Exception as exc:
                 code, message = describe_failure(exc, call.request_id, f"ModelStreamInfer {request.model_name!r}")
                 call.code = code.name
                 failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-                responses.put_nowait(pb.ModelStreamInferResponse(error_message=message, infer_response=failed))
+                return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
             finally:
                 call.finish()
-                slots.release()
 
-        async def read() -> None:
-            async for request in request_iterator:
-                await slots.acquire()
-                task = asyncio.create_task(answer(request))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            while tasks:
-                await asyncio.gather(*list(tasks))
-            responses.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (response := await responses.get()) is not None:
-                yield response
-            await reader
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        async for response in answer_concurrently(request_iterator, answer, STREAM_MAX_INFLIGHT):
+            yield response
 
     async def _infer(self, request: Any, call: Call, deadline: int | None) -> pb.ModelInferResponse:
         version = self.repository.get(request.model_name, request.model_version)
