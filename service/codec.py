@@ -103,10 +103,25 @@ def decode_input(
     if raw is not None:
         if has_typed:
             raise InvalidArgument(f"{where}: both raw_input_contents and typed contents are set")
-        return _from_raw(raw, dt, shape, count, where)
-    if not has_typed:
+        array = _from_raw(raw, dt, shape, count, where)
+    elif not has_typed:
         raise InvalidArgument(f"{where}: no data (neither raw_input_contents nor contents)")
-    return _from_contents(tensor.contents, dt, shape, count, where)
+    else:
+        array = _from_contents(tensor.contents, dt, shape, count, where)
+    return _as_text(array, where) if dt.name == "BYTES" else array
+
+
+def _as_text(array: np.ndarray, where: str) -> np.ndarray:
+    """ONNX string tensors hold UTF-8 text, and ONNX Runtime's Python API takes str: handed bytes objects it
+    feeds their repr ("b'abc'") to the model. So BYTES elements are decoded here, strictly."""
+    texts = np.empty(array.size, dtype=np.object_)
+    for i, item in enumerate(array.flat):
+        try:
+            texts[i] = item.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{where}: BYTES element {i} is not valid UTF-8 (ONNX string tensors hold "
+                                  "UTF-8 text)") from None
+    return texts.reshape(array.shape)
 
 
 def _from_raw(raw: bytes, dt: DataType, shape: tuple[int, ...], count: int, where: str) -> np.ndarray:
