@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from service.config import (
     default_intra_op_threads,
     load_model_config,
 )
-from service.errors import ConfigError, NotFound, ServeError, Unavailable
+from service.errors import ConfigError, InvalidArgument, NotFound, ServeError, Unavailable
 from service.metrics import Metrics, VersionMetrics
 from service.preprocess import load_labels
 from service.runtime import RunnerPool, SessionPlan, Signature, create_session, signature_of, warmup_feeds
@@ -34,6 +35,7 @@ from service.stats import ModelStats
 
 log = logging.getLogger(__name__)
 MODEL_FILENAME = "model.onnx"
+VERSION_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and refuses 5000 digits
 
 
 class State(StrEnum):
@@ -137,7 +139,7 @@ class Repository:
     async def load(self, name: str) -> Model:
         """Loads (or reloads) a model; its previous versions keep serving until the new ones are ready."""
         directory = self.root / name
-        if not name or "/" in name or name.startswith(".") or not directory.is_dir():
+        if not self.on_disk(name):
             raise NotFound(f"model '{name}' is not in the model repository")
         async with self._lock(name):
             started = time.perf_counter()
@@ -242,9 +244,13 @@ class Repository:
         """The version to serve: the one asked for, else the latest READY one."""
         model = self.models.get(name)
         if model is None:
+            if self.on_disk(name):  # in the repository but unloaded (or not loaded yet)
+                raise Unavailable(f"model '{name}' is not loaded")
             raise NotFound(f"unknown model '{name}'" if name else "no model name given")
         if version:
-            if not version.isdigit() or int(version) not in model.versions:
+            if not VERSION_NUMBER.fullmatch(version):
+                raise InvalidArgument(f"model_version '{version}' is not a version number")
+            if int(version) not in model.versions:
                 raise NotFound(f"model '{name}' has no version '{version}'")
             chosen = model.versions[int(version)]
             if not chosen.ready:
@@ -254,6 +260,15 @@ class Repository:
         if not ready:
             raise Unavailable(f"model '{name}' is unavailable: {model.reason or model.state.value.lower()}")
         return ready[-1]
+
+    def on_disk(self, name: str) -> bool:
+        """Whether `name` is a model directory of the repository (never a path outside it)."""
+        if not name or "/" in name or name.startswith("."):
+            return False
+        try:
+            return (self.root / name).is_dir()
+        except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
+            return False
 
     def index(self) -> Iterator[tuple[str, str, State, str]]:
         for name in self.scan() if self.root.is_dir() else []:
