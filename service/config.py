@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -23,6 +22,7 @@ from service.preprocess import (
     parse_postprocess,
     parse_preprocess,
 )
+from service.schema import Section
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -146,61 +146,6 @@ class ModelConfig:
     limits: ImageLimits = field(default_factory=ImageLimits)
 
 
-class _Section:
-    """Reads one mapping of a config file strictly, remembering which keys were consumed."""
-
-    def __init__(self, raw: object, path: str, where: str) -> None:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}: {path or 'the file'} must be a mapping, got {type(raw).__name__}")
-        self.raw, self.path, self.where = raw, path, where
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
-        self.seen.add(name)
-        if name not in self.raw or self.raw[name] is None:
-            return default
-        value = self.raw[name]
-        # bool is an int in Python; a YAML `true` where a number belongs is a mistake.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise ConfigError(f"{self.where}: {self.key(name)}: expected {_kind_name(kind)}, got a boolean")
-        if not isinstance(value, kind):
-            raise ConfigError(f"{self.where}: {self.key(name)}: expected {_kind_name(kind)}, got {value!r}")
-        return value
-
-    def int(self, name: str, default: int, minimum: int = 0) -> int:
-        value = self.get(name, int, default)
-        if value < minimum:
-            raise ConfigError(f"{self.where}: {self.key(name)}: must be >= {minimum}, got {value}")
-        return value
-
-    def choice(self, name: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.get(name, str, default)
-        if value not in choices:
-            raise ConfigError(f"{self.where}: {self.key(name)}: expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def section(self, name: str) -> _Section | None:
-        self.seen.add(name)
-        if self.raw.get(name) is None:
-            return None
-        return _Section(self.raw[name], self.key(name), self.where)
-
-    def finish(self) -> None:
-        unknown = sorted(str(k) for k in self.raw if k not in self.seen)
-        if unknown:
-            where = f" in {self.path}" if self.path else ""
-            raise ConfigError(f"{self.where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}{where}")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {"int": "an integer", "str": "a string", "bool": "true or false", "list": "a list", "dict": "a mapping"}
-    return " or ".join(names.get(k.__name__, k.__name__) for k in kinds)
-
-
 def load_model_config(path: Path) -> ModelConfig:
     """Reads models/<name>/config.yaml; a missing file means every setting comes from the graph."""
     if not path.exists():
@@ -213,93 +158,78 @@ def load_model_config(path: Path) -> ModelConfig:
     return parse_model_config(raw, where, model_name=path.parent.name)
 
 
+TOP_LEVEL_KEYS = ("name", "max_batch_size", "dynamic_batching", "oversized_request", "instance_group",
+                  "version_policy", "execution_providers", "session", "labels", "preprocess", "postprocess", "limits")
+
+
 def parse_model_config(raw: object, where: str, model_name: str) -> ModelConfig:
-    top = _Section(raw, "", where)
-    name = top.get("name", str)
+    top = Section(raw, where, "", TOP_LEVEL_KEYS)
+    name = top.string("name")
     if name is not None and name != model_name:
         raise ConfigError(f"{where}: name: '{name}' differs from the model directory '{model_name}'")
-    max_batch_size = top.get("max_batch_size", int)
-    if max_batch_size is not None and max_batch_size < 0:
-        raise ConfigError(f"{where}: max_batch_size: must be >= 0, got {max_batch_size}")
+    max_batch_size = top.integer("max_batch_size", 0, 0) if top.has("max_batch_size") else None
     batching: DynamicBatching | None = DynamicBatching()
-    if top.raw.get("dynamic_batching", True) is False:
-        top.seen.add("dynamic_batching")
+    if top.raw.get("dynamic_batching") is False:
         batching = None
-    elif (section := top.section("dynamic_batching")) is not None:
-        batching = _parse_batching(section)
-    oversized = top.choice("oversized_request", ("reject", "split"), "reject")
-    instances = 1
-    if (group := top.section("instance_group")) is not None:
-        instances = group.int("count", 1, minimum=1)
-        group.finish()
-    providers = top.get("execution_providers", list)
-    if providers is not None:
-        if not providers or not all(isinstance(p, str) for p in providers):
-            raise ConfigError(f"{where}: execution_providers: expected a non-empty list of provider names")
-        providers = tuple(provider_name(p) for p in providers)
-    config = ModelConfig(
+    elif top.has("dynamic_batching"):
+        batching = _parse_batching(top.section("dynamic_batching", [f.name for f in fields(DynamicBatching)]))
+    instances = top.section("instance_group", ["count"]).integer("count", 1, 1)
+    providers = None
+    if top.has("execution_providers"):
+        listed = top.raw["execution_providers"]
+        if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
+            raise top.error("execution_providers", "a non-empty list of provider names")
+        providers = tuple(provider_name(p) for p in listed)
+    return ModelConfig(
         max_batch_size=max_batch_size,
         dynamic_batching=batching,
-        oversized_request=oversized,
+        oversized_request=top.choice("oversized_request", "reject", ("reject", "split")),
         instance_count=instances,
-        version_policy=_parse_version_policy(top.section("version_policy")),
+        version_policy=_parse_version_policy(top),
         execution_providers=providers,
-        session=_parse_session(top.section("session")),
-        labels=top.get("labels", str),
-        preprocess=parse_preprocess(top.raw["preprocess"], where) if top.raw.get("preprocess") else None,
-        postprocess=parse_postprocess(top.raw.get("postprocess") or {}, where),
-        limits=parse_limits(top.raw.get("limits") or {}, where),
+        session=_parse_session(top.section("session", [f.name for f in fields(SessionConfig)])),
+        labels=top.string("labels"),
+        preprocess=parse_preprocess(top.raw["preprocess"], where) if top.has("preprocess") else None,
+        postprocess=parse_postprocess(top.raw.get("postprocess"), where),
+        limits=parse_limits(top.raw.get("limits"), where),
     )
-    top.seen.update({"preprocess", "postprocess", "limits"})
-    top.finish()
-    return config
 
 
-def _parse_batching(section: _Section) -> DynamicBatching:
-    preferred = section.get("preferred_batch_size", (list, int), [])
-    preferred = [preferred] if isinstance(preferred, int) else preferred
-    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in preferred):
-        raise ConfigError(f"{section.where}: {section.key('preferred_batch_size')}: expected positive integers")
-    batching = DynamicBatching(
-        max_queue_delay_microseconds=section.int("max_queue_delay_microseconds", 0),
-        preferred_batch_size=tuple(sorted(set(preferred))),
-        max_queue_size=section.int("max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
-        default_timeout_microseconds=section.int("default_timeout_microseconds", 0),
+def _parse_batching(section: Section) -> DynamicBatching:
+    return DynamicBatching(
+        max_queue_delay_microseconds=section.integer("max_queue_delay_microseconds", 0, 0),
+        preferred_batch_size=tuple(sorted(set(section.integers("preferred_batch_size", 1, allow_single=True)))),
+        max_queue_size=section.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, 0),
+        default_timeout_microseconds=section.integer("default_timeout_microseconds", 0, 0),
     )
-    section.finish()
-    return batching
 
 
-def _parse_version_policy(section: _Section | None) -> VersionPolicy:
-    if section is None:
-        return VersionPolicy()
+def _parse_version_policy(top: Section) -> VersionPolicy:
+    section = top.section("version_policy", ["latest", "all", "specific"])
     kinds = [k for k in ("latest", "all", "specific") if k in section.raw]
+    if not kinds:
+        return VersionPolicy()
     if len(kinds) != 1:
-        raise ConfigError(f"{section.where}: version_policy: set exactly one of latest, all, specific")
+        raise ConfigError(f"{top.where}: version_policy: set exactly one of latest, all, specific")
     kind = kinds[0]
-    inner = section.section(kind) or _Section({}, section.key(kind), section.where)
-    policy = VersionPolicy(kind=kind)
     if kind == "latest":
-        policy = VersionPolicy(kind=kind, num_versions=inner.int("num_versions", 1, minimum=1))
-    elif kind == "specific":
-        versions = inner.get("versions", list, [])
-        if not versions or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in versions):
-            raise ConfigError(f"{section.where}: version_policy.specific.versions: expected positive integers")
-        policy = VersionPolicy(kind=kind, versions=tuple(versions))
-    inner.finish()
-    section.finish()
-    return policy
+        latest = section.section("latest", ["num_versions"])
+        return VersionPolicy(kind, num_versions=latest.integer("num_versions", 1, 1))
+    if kind == "all":
+        section.section("all", [])
+        return VersionPolicy(kind)
+    specific = section.section("specific", ["versions"])
+    versions = specific.integers("versions", 1)
+    if not versions:
+        raise specific.error("versions", "a non-empty list of version numbers")
+    return VersionPolicy(kind, versions=versions)
 
 
-def _parse_session(section: _Section | None) -> SessionConfig:
-    if section is None:
-        return SessionConfig()
-    session = SessionConfig(
-        graph_optimization_level=section.choice("graph_optimization_level", GRAPH_OPTIMIZATION_LEVELS, "all"),
-        intra_op_threads=section.int("intra_op_threads", 0),
-        inter_op_threads=section.int("inter_op_threads", 0),
-        memory_arena=section.get("memory_arena", bool, True),
-        allow_spinning=section.get("allow_spinning", bool, False),
+def _parse_session(section: Section) -> SessionConfig:
+    return SessionConfig(
+        graph_optimization_level=section.choice("graph_optimization_level", "all", GRAPH_OPTIMIZATION_LEVELS),
+        intra_op_threads=section.integer("intra_op_threads", 0, 0),
+        inter_op_threads=section.integer("inter_op_threads", 0, 0),
+        memory_arena=section.boolean("memory_arena", True),
+        allow_spinning=section.boolean("allow_spinning", False),
     )
-    section.finish()
-    return session

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from os import PathLike
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
 
 from service.errors import ConfigError, InvalidArgument
 from service.imaging import ImageLimits, decode_image, image_from_pixels, to_standard_mode
+from service.schema import Section, is_number
 
 __all__ = [
     "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig", "decode_image",
@@ -97,53 +98,9 @@ class Prediction:
 # ---------------------------------------------------------------------------------------- config parsing
 
 
-class _Section:
-    """Reads one mapping of a config file; every error names the file and the key path."""
-
-    def __init__(self, raw: object, where: str, name: str, allowed: Sequence[str]) -> None:
-        self.where, self.name = where, name
-        raw = {} if raw is None else raw
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where}: {name}: expected a mapping, got {_describe(raw)}")
-        unknown = [str(key) for key in raw if key not in allowed]
-        if unknown:
-            raise ConfigError(f"{where}: {name}.{unknown[0]}: unknown key (allowed: {', '.join(allowed)})")
-        self.raw: Mapping[Any, Any] = raw
-
-    def error(self, key: str, expected: str) -> ConfigError:
-        got = _describe(self.raw[key])
-        return ConfigError(f"{self.where}: {self.name}.{key}: expected {expected}, got {got}")
-
-    def choice(self, key: str, default: str, choices: Sequence[str]) -> Any:
-        value = self.raw.get(key, default)
-        if not isinstance(value, str) or value not in choices:
-            raise self.error(key, "one of " + ", ".join(choices))
-        return value
-
-    def integer(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        value = self.raw.get(key, default)
-        in_range = _is_int(value) and value >= minimum and (maximum is None or value <= maximum)
-        if not in_range:
-            bounds = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
-            raise self.error(key, bounds)
-        return value
-
-    def number(self, key: str, default: float, expected: str, valid: Any) -> float:
-        value = self.raw.get(key, default)
-        if not _is_number(value) or not valid(value):
-            raise self.error(key, expected)
-        return float(value)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.raw.get(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, "true or false")
-        return value
-
-
 def parse_preprocess(raw: object, where: str) -> PreprocessConfig:
     """Validate ``preprocess:`` (``None`` -> defaults); a :class:`ConfigError` names the bad key."""
-    section = _Section(raw, where, "preprocess", [f.name for f in fields(PreprocessConfig)])
+    section = Section(raw, where, "preprocess", [f.name for f in fields(PreprocessConfig)])
     d = PreprocessConfig()
     color_mode = section.choice("color_mode", d.color_mode, get_args(ColorMode))
     resize = section.choice("resize", d.resize, get_args(Resize))
@@ -179,7 +136,7 @@ def parse_preprocess(raw: object, where: str) -> PreprocessConfig:
 
 def parse_postprocess(raw: object, where: str) -> PostprocessConfig:
     """Validate the ``postprocess:`` mapping (``None`` -> defaults)."""
-    section = _Section(raw, where, "postprocess", [f.name for f in fields(PostprocessConfig)])
+    section = Section(raw, where, "postprocess", [f.name for f in fields(PostprocessConfig)])
     d = PostprocessConfig()
     return PostprocessConfig(softmax=section.boolean("softmax", d.softmax), top_k=section.integer("top_k", d.top_k, 1))
 
@@ -190,7 +147,7 @@ def parse_limits(raw: object, where: str) -> ImageLimits:
     ``max_image_pixels`` may not exceed Pillow's own decompression-bomb limit
     (``PIL.Image.MAX_IMAGE_PIXELS``, about 89 million), which Pillow enforces regardless.
     """
-    section = _Section(raw, where, "limits", [f.name for f in fields(ImageLimits)])
+    section = Section(raw, where, "limits", [f.name for f in fields(ImageLimits)])
     d = ImageLimits()
     pillow_limit = int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None
     return ImageLimits(
@@ -200,27 +157,14 @@ def parse_limits(raw: object, where: str) -> ImageLimits:
     )
 
 
-def _per_channel(section: _Section, key: str, default: tuple[float, ...], channels: int, nonzero: bool) -> tuple:
+def _per_channel(section: Section, key: str, default: tuple[float, ...], channels: int, nonzero: bool) -> tuple:
     value = section.raw.get(key, default)
     lengths = "1" if channels == 1 else f"1 or {channels}"
     expected = f"a list of {lengths} finite numbers" + (", none 0" if nonzero else "")
     ok = isinstance(value, list | tuple) and len(value) in (1, channels)
-    if not ok or not all(_is_number(v) and not (nonzero and v == 0) for v in value):
+    if not ok or not all(is_number(v) and not (nonzero and v == 0) for v in value):
         raise section.error(key, expected)
     return tuple(float(v) for v in value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _describe(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 # ---------------------------------------------------------------------------------------------- transform
