@@ -78,9 +78,13 @@ class RunningServer:
 
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
         if port == 0:
-            raise SystemExit(f"cannot listen on {address}")
+            log.error("cannot listen on %s: the address is in use or not available here", address)
+            return 1
         self.grpc_port = port
         exporter = None
         if settings.metrics_port >= 0:
