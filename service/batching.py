@@ -81,7 +81,6 @@ class Job:
     enqueued_ns: int
     deadline_ns: int | None
     future: asyncio.Future[JobResult] = field(repr=False)
-    abandoned: bool = False
 
 
 class Batcher:
@@ -117,6 +116,8 @@ class Batcher:
             raise Unavailable("the model is being unloaded")
         policy = self.policy
         size = self._size_of(inputs)
+        if policy.max_batch_size and size < 1:  # as Triton: a request carries at least one sample
+            raise InvalidArgument("batch size 0: the first (batch) axis of every input must be at least 1")
         if policy.max_batch_size and size > policy.max_batch_size:
             if not policy.split_oversized:
                 raise InvalidArgument(f"batch of {size} exceeds the model's max_batch_size {policy.max_batch_size}")
@@ -133,17 +134,13 @@ class Batcher:
         self._queue.append(job)
         self._observer.queue_depth_changed(len(self._queue))
         self._arrived.set()
+        # A cancelled or timed-out wait cancels job.future; the scheduler skips jobs whose future is done.
+        if deadline_ns is None:
+            return await job.future
         try:
-            if deadline_ns is None:
-                return await asyncio.shield(job.future)
-            remaining = max(deadline_ns - now, 0) / 1e9
-            done, _ = await asyncio.wait({job.future}, timeout=remaining)
-            if not done:
-                raise DeadlineExceeded("the deadline passed before inference finished")
-            return job.future.result()
-        finally:
-            if not job.future.done():
-                job.abandoned = True  # cancelled or timed out: never run it
+            return await asyncio.wait_for(job.future, max(deadline_ns - now, 0) / 1e9)
+        except TimeoutError:
+            raise DeadlineExceeded("the deadline passed before inference finished") from None
 
     async def _submit_split(self, inputs: dict[str, np.ndarray], size: int, deadline_ns: int | None
                             ) -> JobResult:
@@ -234,7 +231,7 @@ class Batcher:
         now = self._clock()
         alive = []
         for job in self._queue:
-            if job.abandoned or job.future.done():
+            if job.future.done():
                 continue
             if job.deadline_ns is not None and now >= job.deadline_ns:
                 job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))

@@ -13,6 +13,7 @@ import os
 import platform
 from collections.abc import Sequence
 from threading import Thread
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import onnxruntime
@@ -40,6 +41,8 @@ LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_LABEL_LENGTH = 64
+MAX_UNKNOWN_MODELS = 100
+UNKNOWN_MODEL_LABEL = "(unknown)"
 
 METRIC_NAMES = (
     "onnx_serve_requests_total",
@@ -107,13 +110,39 @@ class Metrics:
                                 ["version", "onnxruntime", "python"], multiprocess_mode="livemax", registry=r)
         self.build_info.labels(__version__, onnxruntime.__version__, platform.python_version()).set(1)
 
+        self._request_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._inflight_series: dict[str, Any] = {}
+        self._unknown_names: set[str] = set()
+
     def for_version(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(self, model, version)
 
+    def model_label(self, requested: str, known: bool) -> str:
+        """The `model` label of a request: the requested name (truncated), except that names the repository
+        does not have get their own series only up to MAX_UNKNOWN_MODELS of them; after that they share
+        UNKNOWN_MODEL_LABEL, so untrusted names cannot grow the metrics without bound."""
+        label = bounded(requested)
+        if known or label in self._unknown_names:
+            return label
+        if len(self._unknown_names) < MAX_UNKNOWN_MODELS:
+            self._unknown_names.add(label)
+            return label
+        return UNKNOWN_MODEL_LABEL
+
+    def inflight_for(self, model: str) -> Any:
+        series = self._inflight_series.get(model)
+        if series is None:
+            series = self._inflight_series[model] = self.inflight.labels(model)
+        return series
+
     def request_done(self, model: str, version: str, api: str, code: str, seconds: float) -> None:
-        model = bounded(model)
-        self.requests.labels(model, version, api, code).inc()
-        self.request_duration.labels(model, version, api).observe(seconds)
+        key = (model, version, api, code)
+        series = self._request_series.get(key)
+        if series is None:  # label lookups take a lock and build tuples: do them once per series
+            series = self._request_series[key] = (self.requests.labels(*key),
+                                                  self.request_duration.labels(model, version, api))
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 class VersionMetrics:

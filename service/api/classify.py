@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure, request_id
+from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure
 from service.api.v2 import Server
 from service.config import cpu_quota
 from service.errors import InvalidArgument, ServeError
@@ -33,7 +33,8 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
         self.pool = ThreadPoolExecutor(max_workers=max(2, int(cpu_quota())), thread_name_prefix="preprocess")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        call = Call(self.server.metrics, "classify", request.model_name, request_id(request.id))
+        call = Call(self.server.metrics, "classify", request.model_name, request.id,
+                    model_known=request.model_name in self.server.repository.models)
         try:
             return await self._classify(request, call, deadline_ns(context))
         except Exception as exc:
@@ -46,7 +47,8 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
     async def ClassifyStream(self, request_iterator: AsyncIterator[Any], context: Any
                              ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         async def answer(request: Any) -> pb.ClassifyStreamResponse:
-            call = Call(self.server.metrics, "classify", request.model_name, request_id(request.id))
+            call = Call(self.server.metrics, "classify", request.model_name, request.id,
+                        model_known=request.model_name in self.server.repository.models)
             try:
                 return pb.ClassifyStreamResponse(response=await self._classify(request, call, None))
             except Exception as exc:

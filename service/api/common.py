@@ -31,10 +31,6 @@ def deadline_ns(context: grpc.aio.ServicerContext) -> int | None:
     return time.monotonic_ns() + int(max(remaining, 0.0) * 1e9)
 
 
-def request_id(given: str) -> str:
-    return given or uuid.uuid4().hex[:16]
-
-
 @dataclass(slots=True)
 class Call:
     """One RPC that names a model: times it, tracks it in flight and records its outcome exactly once."""
@@ -42,35 +38,60 @@ class Call:
     metrics: Metrics
     api: str
     model: str
-    request_id: str
+    given_id: str
     version: str = ""
     code: str = "OK"
     started_ns: int = field(default_factory=time.perf_counter_ns)
+    model_known: bool = True  # False: the repository has no such model
+    label: str = ""
+    _generated_id: str = ""
 
     def __post_init__(self) -> None:
-        self.metrics.inflight.labels(self.model[:64]).inc()
+        self.label = self.metrics.model_label(self.model, self.model_known)
+        self.metrics.inflight_for(self.label).inc()
+
+    @property
+    def request_id(self) -> str:
+        """The client's id, else one generated on first use (for a log line or an error message)."""
+        if self.given_id:
+            return self.given_id
+        if not self._generated_id:
+            self._generated_id = uuid.uuid4().hex[:16]
+        return self._generated_id
 
     @property
     def elapsed_ns(self) -> int:
         return time.perf_counter_ns() - self.started_ns
 
     def finish(self) -> None:
-        self.metrics.inflight.labels(self.model[:64]).dec()
-        self.metrics.request_done(self.model, self.version, self.api, self.code, self.elapsed_ns / 1e9)
+        self.metrics.inflight_for(self.label).dec()
+        self.metrics.request_done(self.label, self.version, self.api, self.code, self.elapsed_ns / 1e9)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s model=%s version=%s id=%s code=%s %.3fms", self.api, self.model, self.version,
-                            self.request_id, self.code, self.elapsed_ns / 1e6)
+            access_log.info("%s model=%s version=%s id=%s code=%s %.3fms", self.api, self.model[:200], self.version,
+                            self.request_id[:200], self.code, self.elapsed_ns / 1e6)
+
+
+# The status message travels in HTTP/2 trailers, percent-encoded, under grpc's 8 KiB metadata limit: a message
+# echoing a huge untrusted name or datatype would reach the client as RESOURCE_EXHAUSTED "Stream removed".
+MAX_STATUS_MESSAGE_CHARS = 400
+
+
+def bounded_message(text: str) -> str:
+    if len(text) <= MAX_STATUS_MESSAGE_CHARS:
+        return text
+    return text[:MAX_STATUS_MESSAGE_CHARS] + "... (truncated)"
 
 
 def describe_failure(exc: BaseException, call_id: str, what: str) -> tuple[grpc.StatusCode, str]:
     """The status and message a client sees: ours for ServeErrors, an opaque one (logged here with the
     traceback and the request id) for bugs."""
     if isinstance(exc, ServeError):
+        message = bounded_message(str(exc))
         if exc.status_name in ("INTERNAL", "UNAVAILABLE"):
-            log.warning("%s failed (request id %s): %s", what, call_id, exc)
-        return STATUS[exc.status_name], str(exc)
-    log.error("%s failed with an internal error (request id %s)", what, call_id, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error (request id {call_id})"
+            log.warning("%s failed (request id %s): %s", what[:200], call_id[:200], message)
+        return STATUS[exc.status_name], message
+    log.error("%s failed with an internal error (request id %s)", what[:200], call_id[:200], exc_info=exc)
+    return grpc.StatusCode.INTERNAL, bounded_message(f"internal error (request id {call_id})")
 
 
 async def answer_concurrently(

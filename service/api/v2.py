@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from service import __version__
-from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure, request_id
+from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure
 from service.api.model_config import model_config_proto
 from service.codec import decode_input, to_raw
 from service.errors import InvalidArgument, ServeError
@@ -119,7 +119,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        call = Call(self.server.metrics, "infer", request.model_name, request_id(request.id))
+        call = Call(self.server.metrics, "infer", request.model_name, request.id,
+                    model_known=request.model_name in self.repository.models)
         try:
             return await self._infer(request, call, deadline_ns(context))
         except Exception as exc:
@@ -132,7 +133,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async def answer(request: Any) -> pb.ModelStreamInferResponse:
-            call = Call(self.server.metrics, "stream", request.model_name, request_id(request.id))
+            call = Call(self.server.metrics, "stream", request.model_name, request.id,
+                        model_known=request.model_name in self.repository.models)
             try:
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request, call, None))
             except Exception as exc:
