@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,7 +58,9 @@ class Executor(Protocol):
 
     async def acquire(self) -> Any: ...
     def release(self, instance: Any) -> None: ...
-    async def run(self, instance: Any, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]: ...
+    def start(self, instance: Any, feeds: dict[str, np.ndarray]) -> asyncio.Future[tuple[list[np.ndarray], int]]:
+        """Starts running a batch; the future gives every output (model order) and the run time in ns."""
+        ...
 
 
 class Observer(Protocol):
@@ -97,7 +100,7 @@ class Batcher:
         self._clock = clock
         self._queue: list[Job] = []
         self._arrived = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
+        self._batches_running = 0
         self._scheduler: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -161,7 +164,7 @@ class Batcher:
     async def close(self) -> None:
         """Stops accepting work, lets queued and running batches finish, then stops the scheduler."""
         self._closed = True
-        while self._queue or self._running:
+        while self._queue or self._batches_running:
             self._arrived.set()
             await asyncio.sleep(0.001)
         if self._scheduler is not None:
@@ -177,9 +180,7 @@ class Batcher:
             except BaseException:
                 self._executor.release(instance)
                 raise
-            task = asyncio.get_running_loop().create_task(self._execute(instance, jobs))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._dispatch(instance, jobs)
 
     async def _next_batch(self) -> list[Job]:
         while True:
@@ -241,24 +242,36 @@ class Batcher:
             self._queue = alive
             self._observer.queue_depth_changed(len(alive))
 
-    async def _execute(self, instance: Any, jobs: list[Job]) -> None:
+    def _dispatch(self, instance: Any, jobs: list[Job]) -> None:
+        """Starts the batch on the instance; _finish hands out the results when the worker thread is done. No
+        Task per batch: the completion callback answers the waiting requests directly."""
+        start = self._clock()
         try:
-            start = self._clock()
             if len(jobs) == 1:
                 feeds = jobs[0].inputs
             else:
                 feeds = {name: np.concatenate([job.inputs[name] for job in jobs]) for name in jobs[0].inputs}
             compute_input_ns = self._clock() - start
-            results, infer_ns = await self._executor.run(instance, feeds)
+            running = self._executor.start(instance, feeds)
         except Exception as exc:
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
-        finally:
             self._executor.release(instance)
-        batch_size = sum(job.size for job in jobs)
-        timing = BatchTiming(batch_size, compute_input_ns, infer_ns)
+            _fail(jobs, exc)
+            return
+        self._batches_running += 1
+        running.add_done_callback(functools.partial(self._finish, instance, jobs, start, compute_input_ns))
+
+    def _finish(self, instance: Any, jobs: list[Job], start: int, compute_input_ns: int,
+                running: asyncio.Future[tuple[list[np.ndarray], int]]) -> None:
+        self._batches_running -= 1
+        self._executor.release(instance)
+        if running.cancelled():
+            _fail(jobs, Unavailable("the model was unloaded while the request ran"))
+            return
+        if (exc := running.exception()) is not None:
+            _fail(jobs, exc)
+            return
+        results, infer_ns = running.result()
+        timing = BatchTiming(sum(job.size for job in jobs), compute_input_ns, infer_ns)
         self._observer.batch_executed(timing)
         offset = 0
         for job in jobs:
@@ -269,3 +282,9 @@ class Batcher:
             offset += job.size
             if not job.future.done():
                 job.future.set_result(JobResult(outs, start - job.enqueued_ns, timing))
+
+
+def _fail(jobs: list[Job], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

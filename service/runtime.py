@@ -153,13 +153,10 @@ class RunnerPool:
     def release(self, session: ort.InferenceSession) -> None:
         self._idle_queue().put_nowait(session)
 
-    async def run(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
-        """Runs in a worker thread; returns every output (model order) and the time ORT took, in ns."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, _timed_run, session, feeds)
-
-    def run_sync(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self._sessions[0].run(None, feeds)
+    def start(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]
+              ) -> asyncio.Future[tuple[list[np.ndarray], int]]:
+        """Runs in a worker thread; the future gives every output (model order) and ORT's time in ns."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, _timed_run, session, feeds)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=False)

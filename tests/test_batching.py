@@ -37,7 +37,10 @@ class RecordingExecutor:
     def release(self, instance: Any) -> None:
         self.idle.put_nowait(instance)
 
-    async def run(self, instance: Any, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
+    def start(self, instance: Any, feeds: dict[str, np.ndarray]) -> asyncio.Future[tuple[list[np.ndarray], int]]:
+        return asyncio.ensure_future(self.run(feeds))
+
+    async def run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         try:
