@@ -69,11 +69,21 @@ def datatype(name: str, where: str) -> DataType:
         raise InvalidArgument(f"{where}: unknown datatype '{name}' (expected one of {known})") from None
 
 
+MAX_RANK = 64  # numpy's limit (NPY_MAXDIMS)
+
+
 def element_count(shape: Sequence[int], where: str, max_elements: int) -> int:
+    """Checks a declared shape with Python integers. Each dimension is bounded on its own too: a tensor with
+    a zero dimension holds no elements, but numpy still refuses to view one shaped [0, 2**62]."""
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"{where}: shape has {len(shape)} dimensions, more than the {MAX_RANK} supported")
     count = 1
     for dim in shape:
         if dim < 0:
             raise InvalidArgument(f"{where}: shape {list(shape)} has a negative dimension")
+        if dim > max_elements:
+            raise InvalidArgument(f"{where}: shape {list(shape)} has a dimension above {max_elements}, the most "
+                                  "elements a request may carry")
         count *= dim
         if count > max_elements:
             raise InvalidArgument(
