@@ -289,11 +289,22 @@ class _Base:
         ``authorization: Bearer <token>``. ``timeout``: default seconds per call (None: no deadline)."""
         self.url = url
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
         self._settings = _ChannelSettings.create(url, tls, root_certificates, client_cert, client_key,
                                                  tls_server_name, token, max_message_bytes, load_balancing)
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
+
+    def _stream_request(self, images: Images, model: str, top_k: int | None, version: str, index: int
+                        ) -> pb.ClassifyRequest:
+        """One request of a stream, refused here when it is over the message limit: sent, it would end the
+        whole stream with RESOURCE_EXHAUSTED rather than fail alone."""
+        request = classify_request(images, model, top_k, version, str(index))
+        if (size := request.ByteSize()) > self.max_message_bytes:
+            raise ClientError("RESOURCE_EXHAUSTED", f"request {index} is {size} bytes, above the message limit "
+                              f"of {self.max_message_bytes}")
+        return request
 
 
 class Client(_Base):
@@ -345,8 +356,8 @@ class Client(_Base):
             try:
                 for index, images in enumerate(requests):
                     try:
-                        request = classify_request(images, model, top_k, version, str(index))
-                    except (OSError, TypeError, ValueError) as exc:
+                        request = self._stream_request(images, model, top_k, version, index)
+                    except (OSError, TypeError, ValueError, ClientError) as exc:
                         local.put(StreamResult(index, error=exc))
                         continue
                     yield request
@@ -436,8 +447,8 @@ class AsyncClient(_Base):
             try:
                 for index, images in enumerate(requests):
                     try:
-                        request = classify_request(images, model, top_k, version, str(index))
-                    except (OSError, TypeError, ValueError) as exc:
+                        request = self._stream_request(images, model, top_k, version, index)
+                    except (OSError, TypeError, ValueError, ClientError) as exc:
                         local.append(StreamResult(index, error=exc))
                         continue
                     await call.write(request)

@@ -78,7 +78,7 @@ def run_classify(args: argparse.Namespace, out: TextIO | None = None, err: TextI
                     assert result.predictions is not None
                     _print_result(out, str(path), args.model, result.predictions[0], args.json)
                     continue
-                if isinstance(result.error, ClientError) and result.error.code in FATAL_CODES:
+                if _fails_every_image(result.error):
                     raise result.error
                 failed += 1
                 print(f"onnx-serve classify: {path}: {_describe(result.error, with_filename=False)}", file=err)
@@ -86,6 +86,14 @@ def run_classify(args: argparse.Namespace, out: TextIO | None = None, err: TextI
             print(f"onnx-serve classify: {args.url}: {_describe(exc)}", file=err)
             return EXIT_UNUSABLE
     return EXIT_IMAGE_FAILED if failed else 0
+
+
+def _fails_every_image(error: Exception) -> bool:
+    """Errors about the server, the model or the request rather than this image (the server prefixes those
+    with "image N: "), which every other image would meet too."""
+    if not isinstance(error, ClientError):
+        return False
+    return error.code in FATAL_CODES or (error.code == "INVALID_ARGUMENT" and not _ONLY_IMAGE.match(error.message))
 
 
 def _read_token(path: Path) -> str:

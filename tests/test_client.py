@@ -261,6 +261,16 @@ def test_classify_accepts_every_kind_of_image(client: Client, tmp_path: Path) ->
     assert {p.label for p in results[0]} == {"a", "b", "c"}
 
 
+def test_stream_refuses_a_request_over_the_message_limit_alone(server: ServerProcess) -> None:
+    image = png(Image.new("L", (8, 8), 90))
+    huge = np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8)  # 160 kB of raw pixels
+    with Client(server.url, timeout=30, max_message_bytes=100_000) as c:
+        results = list(c.classify_stream([image, huge, image], model="grey", ordered=True))
+        assert results[0].result() == results[2].result() == c.classify(image, model="grey")
+    assert isinstance(results[1].error, ClientError) and results[1].error.code == "RESOURCE_EXHAUSTED"
+    assert "request 1 is 160" in results[1].error.message
+
+
 def test_server_unreachable_is_unavailable() -> None:
     with Client("127.0.0.1:1", timeout=5) as unreachable, pytest.raises(ClientError) as excinfo:
         unreachable.live()
