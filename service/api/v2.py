@@ -22,6 +22,8 @@ from service.repository import ModelVersion, Repository, State
 EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics", "model_configuration",
               "schedule_policy", "binary_tensor_data")
 STREAM_MAX_INFLIGHT = 256
+UNSUPPORTED_OUTPUT_PARAMETERS = {"classification", "shared_memory_region", "shared_memory_byte_size",
+                                 "shared_memory_offset"}
 INFER_PARAMETERS = {"timeout", "priority", "sequence_id", "sequence_start", "sequence_end", "binary_data_output"}
 
 
@@ -102,6 +104,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:  # Triton's config / file:<path> overrides: refused rather than silently ignored
+            names = ", ".join(sorted(request.parameters))[:200]
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"parameters: {names} not supported; models "
+                                "load from the model repository as they are on disk")
         try:
             model = await self.repository.load(request.model_name)
         except ServeError as exc:
@@ -219,6 +225,10 @@ def requested_outputs(request: Any, version: ModelVersion) -> list[int]:
         if output.name not in index:
             raise InvalidArgument(f"requested output '{output.name}': the model has no such output (it has "
                                   f"{', '.join(index)})")
+        for key in output.parameters:  # answering the plain tensor instead would silently mislead the client
+            if key in UNSUPPORTED_OUTPUT_PARAMETERS:
+                raise InvalidArgument(f"requested output '{output.name}': parameter '{key}' is not supported "
+                                      "(the classification and shared-memory extensions are not served)")
         wanted.append(index[output.name])
     return wanted
 
