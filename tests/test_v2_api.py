@@ -263,6 +263,9 @@ def test_requested_outputs_subset(client: triton.InferenceServerClient) -> None:
     assert [o.name for o in both.get_response().outputs] == ["diff", "sum"]
     everything = client.infer("two", inputs)
     assert [o.name for o in everything.get_response().outputs] == ["sum", "diff"]
+    with pytest.raises(InferenceServerException) as excinfo:  # the classification extension is not served
+        client.infer("two", inputs, outputs=[triton.InferRequestedOutput("sum", class_count=1)])
+    assert grpc_code(excinfo) == "INVALID_ARGUMENT" and "classification" in str(excinfo.value)
 
 
 def test_stream_infer_matches_responses_by_id(client: triton.InferenceServerClient) -> None:
@@ -408,6 +411,9 @@ def test_unload_and_load(client: triton.InferenceServerClient) -> None:
     assert client.is_model_ready("unloadable")
     np.testing.assert_array_equal(client.infer("unloadable", inputs).as_numpy("sum"), 2 * a)
 
+    with pytest.raises(InferenceServerException) as excinfo:  # config overrides are refused, not ignored
+        client.load_model("unloadable", config='{"max_batch_size": 2}')
+    assert grpc_code(excinfo) == "INVALID_ARGUMENT" and "config" in str(excinfo.value)
     with pytest.raises(InferenceServerException) as excinfo:
         client.load_model("no_such_model")
     assert grpc_code(excinfo) == "NOT_FOUND"
