@@ -85,13 +85,16 @@ class ModelVersion:
             raise Unavailable(f"model '{self.name}' version {self.version} is {self.state.value.lower()}")
         return await self.batcher.submit(inputs, deadline_ns)
 
-    async def close(self) -> None:
+    async def close(self, forget_metrics: bool = True) -> None:
+        """Drains and stops this version. `forget_metrics` is False when a reload replaces it with the same
+        version number: its series are the replacement's now (prometheus_client shares children by label)."""
         self.state = State.UNLOADING
         if self.batcher is not None:
             await self.batcher.close()
         if self.runners is not None:
             await asyncio.to_thread(self.runners.close)
-        self.metrics.forget()
+        if forget_metrics:
+            self.metrics.forget()
 
 
 @dataclass(eq=False)
@@ -168,7 +171,7 @@ class Repository:
                          ",".join(str(v.version) for v in model.ready_versions()), time.perf_counter() - started)
             self.models[name] = model
             if previous is not None and previous is not model:
-                await self._retire(previous)
+                await self._retire(previous, keep=set(model.versions))
         await self._changed()
         return model
 
@@ -181,8 +184,9 @@ class Repository:
             log.info("model %s unloaded", name)
         await self._changed()
 
-    async def _retire(self, model: Model) -> None:
-        await asyncio.gather(*(v.close() for v in model.versions.values()))
+    async def _retire(self, model: Model, keep: set[int] | None = None) -> None:
+        keep = keep or set()
+        await asyncio.gather(*(v.close(forget_metrics=n not in keep) for n, v in model.versions.items()))
 
     async def close(self) -> None:
         for name in list(self.models):
