@@ -1,0 +1,394 @@
+"""Regenerate docs/benchmarks.md: onnx-serve against raw ONNX Runtime and the peer servers, one client, one run.
+
+    python scripts/run_benchmarks.py            # the full run (~12 min on 2 cores), writes docs/benchmarks.md
+    python scripts/run_benchmarks.py --quick    # a short smoke run of every step (~4 min)
+    python scripts/run_benchmarks.py --skip-peers --skip-resnet
+
+Every server is started here, on 127.0.0.1 with free ports, measured by the same `onnx-serve bench` client
+(a subprocess, so the client is one process like a user's) and stopped before the next starts. Peers come
+from ../shared/peers (their start.sh create venvs under /tmp the first time: slow once). Models: the bundled
+models/mnist-cnn (or, while it is not built yet, an MNIST-shaped CNN with random weights) and the
+ResNet-18-shaped CNN of `python -m training.resnet18 --out bench-models` (built here when missing and torch
+is installed). Raw JSON lands in bench-results/, the report in docs/benchmarks.md and docs/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmarks_doc import machine_info, render  # noqa: E402
+
+from service.protos.inference import grpc_service_pb2 as pb  # noqa: E402
+
+PEERS = Path(os.environ.get("ONNX_SERVE_PEERS", ROOT.parent / "shared" / "peers"))
+MNIST_LEVELS = (1, 8, 32, 64)
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    startup_s: float
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class Runs:
+    """Everything measured, keyed by run name; rendered by benchmarks_doc."""
+
+    settings: dict[str, Any]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    raw: dict[str, dict[str, Any]] = field(default_factory=dict)
+    servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, model: str, process: subprocess.Popen[bytes], timeout: float) -> float:
+    """Seconds until ModelMetadata answers for `model` (the first moment a client could use it)."""
+    started = time.monotonic()
+    request = pb.ModelMetadataRequest(name=model)
+    with grpc.insecure_channel(url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
+                                   request_serializer=pb.ModelMetadataRequest.SerializeToString,
+                                   response_deserializer=pb.ModelMetadataResponse.FromString)
+        while time.monotonic() - started < timeout:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}")
+            try:
+                call(request, timeout=1)
+                return time.monotonic() - started
+            except grpc.RpcError:
+                time.sleep(0.02)
+    raise RuntimeError(f"{url} not ready for {model!r} after {timeout:.0f}s")
+
+
+def launch(name: str, command: Sequence[str], port: int, model: str, logs: Path, env: dict[str, str] | None = None,
+           cwd: Path = ROOT, timeout: float = 600) -> Server:
+    log = logs / f"{name}.log"
+    with log.open("wb") as sink:
+        started = time.monotonic()
+        process = subprocess.Popen(list(command), stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
+                                   env={**os.environ, **(env or {})}, start_new_session=True)
+    url = f"127.0.0.1:{port}"
+    try:
+        wait_ready(url, model, process, timeout)
+    except Exception as exc:
+        process.kill()
+        raise RuntimeError(f"{name}: {exc}; see {log}") from None
+    return Server(name, url, process, time.monotonic() - started, log)
+
+
+def start_onnx_serve(name: str, repository: Path, model: str, logs: Path, workers: int = 1) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository),
+               "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", "--workers", str(workers),
+               "--execution-providers", "cpu", "--grace-period", "1"]
+    return launch(name, command, port, model, logs, timeout=60)
+
+
+def start_peer(kind: str, name: str, models_dir: Path, model: str, logs: Path) -> Server:
+    port = free_port()
+    script = PEERS / kind / "start.sh"
+    extra = {"mlserver": ["--workers", "0", "--batching", "off", "--debug", "false"],
+             "kserve": ["--enable_latency_logging", "false"], "null": []}[kind]
+    env = {"PEER_MODELS_DIR": str(models_dir), "KSERVE_LOGLEVEL": "WARNING",
+           "BENCH_RUN_DIR": str(models_dir.parent / f"mlserver-run-{port}")}
+    return launch(name, [str(script), "--port", str(port), "--models", model, *extra], port, model, logs, env,
+                  cwd=models_dir.parent)
+
+
+def run_bench(results: Path, key: str, server: Server, model: str, levels: Sequence[int], timing: argparse.Namespace,
+              extra: Sequence[str] = ()) -> dict[str, Any]:
+    out = results / f"{key}.json"
+    args = ["bench", "--url", server.url, "--model", model, "--concurrency", ",".join(map(str, levels)),
+            "--duration", str(timing.duration), "--warmup", str(timing.warmup), "--window", str(timing.window),
+            "--label", key, *extra]
+    shown = "onnx-serve " + " ".join(a if a != server.url else "$URL" for a in args)
+    shown += f" --json {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
+    print(f"== {key}: {shown}", flush=True)
+    completed = subprocess.run([sys.executable, "-m", "service.cli", *args, "--json", str(out), "--server-pid",
+                                str(server.process.pid), "--no-progress"], cwd=ROOT, text=True, capture_output=True)
+    print(completed.stdout, end="", flush=True)
+    if completed.returncode not in (0, 1) or not out.exists():
+        raise RuntimeError(f"bench {key} failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    document = json.loads(out.read_text())
+    document["command"] = shown
+    document["server_name"] = server.name
+    return document
+
+
+def run_raw(results: Path, key: str, model_dir: Path, batch_sizes: Sequence[int], duration: float) -> dict[str, Any]:
+    out = results / f"{key}.json"
+    args = ["bench", "--raw", str(model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir),
+            "--batch-sizes", ",".join(map(str, batch_sizes)), "--duration", str(duration), "--warmup", "0.5"]
+    print(f"== {key}: onnx-serve {' '.join(args)}", flush=True)
+    completed = subprocess.run([sys.executable, "-m", "service.cli", *args, "--json", str(out), "--no-progress"],
+                               cwd=ROOT, text=True, capture_output=True, check=True)
+    print(completed.stdout, flush=True)
+    document = json.loads(out.read_text())
+    document["command"] = "onnx-serve " + " ".join(args)
+    return document
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def mnist_model_dir(work: Path) -> tuple[Path, bool]:
+    """The bundled model, or an MNIST-shaped stand-in with random weights while it is not built."""
+    bundled = ROOT / "models" / "mnist-cnn"
+    if (bundled / "1" / "model.onnx").is_file():
+        return bundled, True
+    stand_in = work / "mnist-standin" / "mnist-cnn"
+    if not (stand_in / "1" / "model.onnx").is_file():
+        build_mnist_like(stand_in / "1" / "model.onnx")
+        (stand_in / "config.yaml").write_text(yaml.safe_dump({
+            "max_batch_size": 64, "instance_group": {"count": 1},
+            "dynamic_batching": {"max_queue_delay_microseconds": 500, "preferred_batch_size": [16, 32],
+                                 "max_queue_size": 1024},
+            "preprocess": {"color_mode": "L", "resize": "exact", "width": 28, "height": 28}}))
+    return stand_in, False
+
+
+def build_mnist_like(path: Path) -> None:
+    """Conv32-Pool-Conv64-Pool-Dense128-Dense10-Softmax on [N, 1, 28, 28], random weights (the peers' README
+    model), built with onnx.helper so no torch is needed."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32), name)
+
+    initializers = [weight("w1", 32, 1, 3, 3), weight("b1", 32), weight("w2", 64, 32, 3, 3), weight("b2", 64),
+                    weight("w3", 3136, 128), weight("b3", 128), weight("w4", 128, 10), weight("b4", 10)]
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p2"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["d1"]),
+        helper.make_node("Relu", ["d1"], ["r3"]),
+        helper.make_node("Gemm", ["r3", "w4", "b4"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "mnist_like",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10])],
+                              initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def resnet_model_dir() -> Path | None:
+    model_dir = ROOT / "bench-models" / "resnet18"
+    if (model_dir / "1" / "model.onnx").is_file():
+        return model_dir
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None
+    print("== building bench-models/resnet18 (python -m training.resnet18 --out bench-models)", flush=True)
+    subprocess.run([sys.executable, "-m", "training.resnet18", "--out", "bench-models"], cwd=ROOT, check=True)
+    return model_dir
+
+
+def repository_variant(source: Path, work: Path, variant: str, name: str, batching: bool) -> Path:
+    """A one-model repository under `work` whose config is the source's with batching on or off."""
+    repository = work / "repos" / variant
+    target = repository / name
+    shutil.rmtree(repository, ignore_errors=True)
+    (target / "1").mkdir(parents=True)
+    (target / "1" / "model.onnx").symlink_to(sorted(source.glob("*/model.onnx"))[-1].resolve())
+    config = yaml.safe_load((source / "config.yaml").read_text()) if (source / "config.yaml").exists() else {}
+    for extra in ("labels",):
+        if config.get(extra):
+            shutil.copy(source / config[extra], target / config[extra])
+    if not batching:
+        config["dynamic_batching"] = False
+    (target / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return repository
+
+
+def peer_models(work: Path, models: dict[str, Path]) -> Path:
+    directory = work / "peer-models"
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, model_dir in models.items():
+        link = directory / f"{name}.onnx"
+        link.unlink(missing_ok=True)
+        link.symlink_to(sorted(model_dir.glob("*/model.onnx"))[-1].resolve())
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+class Session:
+    """Runs scenarios, recording each server's start-up time and peak RSS; a failing scenario is reported
+    in the document and the run goes on."""
+
+    def __init__(self, state: Runs, options: argparse.Namespace, results: Path, logs: Path) -> None:
+        self.state, self.options, self.results, self.logs = state, options, results, logs
+
+    def serve(self, server_key: str, start: Any, benches: Sequence[tuple[str, str, Sequence[int], Sequence[str]]],
+              timing: argparse.Namespace | None = None) -> None:
+        """benches: (run key, model, levels, extra bench args)."""
+        try:
+            server = start()
+        except Exception as exc:
+            self.state.skipped.append(f"{server_key}: could not start: {exc}")
+            print(f"!! {self.state.skipped[-1]}", flush=True)
+            return
+        info = self.state.servers.setdefault(server_key, {"startup_s": round(server.startup_s, 2), "rss_mb": 0.0})
+        try:
+            for key, model, levels, extra in benches:
+                try:
+                    document = run_bench(self.results, key, server, model, levels, timing or self.options, extra)
+                except Exception as exc:
+                    self.state.skipped.append(f"{key}: {exc}")
+                    print(f"!! {self.state.skipped[-1]}", flush=True)
+                    continue
+                document["server_key"] = server_key
+                self.state.runs[key] = document
+                rss = [lv["server_rss_mb"] for lv in document["levels"] if lv["server_rss_mb"]]
+                info["rss_mb"] = max([info["rss_mb"], *rss])
+        finally:
+            server.stop()
+
+
+def measure_mnist(session: Session, work: Path) -> None:
+    options, state, logs = session.options, session.state, session.logs
+    source, bundled = mnist_model_dir(work)
+    state.settings["mnist_source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
+    state.settings["mnist_bundled"] = bundled
+    model = "mnist-cnn"
+    state.raw["mnist"] = run_raw(session.results, "raw-mnist", source, (1, 2, 4, 8, 16, 32, 64), options.raw_duration)
+    on = repository_variant(source, work, "mnist-batching-on", model, batching=True)
+    off = repository_variant(source, work, "mnist-batching-off", model, batching=False)
+    levels = MNIST_LEVELS
+    session.serve("onnx-serve", lambda: start_onnx_serve("onnx-serve", on, model, logs), [
+        ("onnx-serve", model, levels, []),
+        ("onnx-serve-stream", model, levels, ["--api", "stream"]),
+        ("onnx-serve-classify", model, (1, 32), ["--api", "classify"]),
+        ("client-proto-codec", model, (32,), ["--codec", "proto"]),
+        ("client-2-channels", model, (32,), ["--channels", "2"]),
+    ])
+    session.serve("onnx-serve-batching-off", lambda: start_onnx_serve("onnx-serve-batching-off", off, model, logs),
+                  [("onnx-serve-batching-off", model, levels, [])])
+    session.serve("onnx-serve-2-workers", lambda: start_onnx_serve("onnx-serve-2-workers", on, model, logs, 2),
+                  [("onnx-serve-2-workers", model, levels, ["--channels", "4"])])
+    if options.skip_peers:
+        state.skipped.append("peers: --skip-peers")
+        return
+    models = peer_models(work, {model: source})
+    for kind in ("null", "kserve", "mlserver"):
+        session.serve(kind, lambda kind=kind: start_peer(kind, kind, models, model, logs),
+                      [(kind, model, levels, [])])
+
+
+def measure_resnet(session: Session, work: Path) -> None:
+    options, state, logs = session.options, session.state, session.logs
+    source = resnet_model_dir()
+    if source is None:
+        state.skipped.append("resnet18: bench-models/resnet18 is missing and torch is not installed")
+        return
+    model = "resnet18"
+    state.raw["resnet18"] = run_raw(session.results, "raw-resnet18", source, (1, 2, 4, 8, 16, 32, 64),
+                                    options.raw_duration)
+    timing = argparse.Namespace(duration=max(options.duration, options.resnet_duration), warmup=options.warmup,
+                                window=max(options.window, options.resnet_duration / 5))
+    on = repository_variant(source, work, "resnet18-batching-on", model, batching=True)
+    session.serve("onnx-serve-resnet18", lambda: start_onnx_serve("onnx-serve-resnet18", on, model, logs),
+                  [("onnx-serve-resnet18", model, (1, 8), [])], timing)
+    if options.skip_peers:
+        return
+    models = peer_models(work, {model: source})
+    for kind in ("kserve", "mlserver"):
+        session.serve(f"{kind}-resnet18", lambda kind=kind: start_peer(kind, f"{kind}-resnet18", models, model, logs),
+                      [(f"{kind}-resnet18", model, (1, 8), [])], timing)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per concurrency level")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--window", type=float, default=1.5, help="stability window, seconds")
+    parser.add_argument("--raw-duration", type=float, default=2.5, help="seconds per batch size for --raw")
+    parser.add_argument("--resnet-duration", type=float, default=10.0, help="measured seconds per ResNet-18 level")
+    parser.add_argument("--quick", action="store_true", help="short durations: a smoke run of every step")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/onnx-serve-bench"),
+                        help="scratch space: model repositories, peer model links, peer run dirs")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.duration, options.warmup, options.window = 2.0, 0.5, 0.5
+        options.raw_duration, options.resnet_duration = 0.5, 3.0
+    options.results.mkdir(parents=True, exist_ok=True)
+    logs = options.results / "logs"
+    logs.mkdir(exist_ok=True)
+    options.work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    state = Runs(settings={"duration_s": options.duration, "warmup_s": options.warmup, "window_s": options.window,
+                           "raw_duration_s": options.raw_duration, "resnet_duration_s": options.resnet_duration,
+                           "quick": options.quick, "command": "python scripts/run_benchmarks.py"
+                           + (" --quick" if options.quick else "")})
+    session = Session(state, options, options.results, logs)
+    measure_mnist(session, options.work)
+    if options.skip_resnet:
+        state.skipped.append("resnet18: --skip-resnet")
+    else:
+        measure_resnet(session, options.work)
+    state.settings["elapsed_s"] = round(time.monotonic() - started)
+    state.settings["machine"] = machine_info()
+    (options.results / "summary.json").write_text(json.dumps(state.__dict__, indent=2, default=str) + "\n")
+    chart = options.out.with_suffix(".png")
+    options.out.write_text(render(state, chart, ROOT))
+    print(f"wrote {options.out} and {chart} in {state.settings['elapsed_s']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
