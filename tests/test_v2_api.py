@@ -78,7 +78,7 @@ def build_repository(root: Path) -> Path:
     add_model(root / "batched" / "1" / "model.onnx")
     (root / "batched" / "config.yaml").write_text(
         "max_batch_size: 8\n"
-        "dynamic_batching: {max_queue_delay_microseconds: 200000, preferred_batch_size: [4]}\n"
+        "dynamic_batching: {max_queue_delay_microseconds: 1000000, preferred_batch_size: [4]}\n"
         "instance_group: {count: 2}\n")
     matmul_model(root / "matmul" / "1" / "model.onnx", WEIGHTS)
     conv_classifier_model(root / "conv" / "1" / "model.onnx")
@@ -302,7 +302,7 @@ def test_model_config(client: triton.InferenceServerClient) -> None:
     assert [(i.name, list(i.dims)) for i in config.input] == [("a", [4]), ("b", [4])]  # no batch axis
     assert [(o.name, list(o.dims)) for o in config.output] == [("sum", [4])]
     assert list(config.dynamic_batching.preferred_batch_size) == [4]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 200000
+    assert config.dynamic_batching.max_queue_delay_microseconds == 1000000
     assert [g.count for g in config.instance_group] == [2]
     assert config.parameters["execution_providers"].string_value == "CPUExecutionProvider"
 
@@ -317,7 +317,7 @@ def test_model_config(client: triton.InferenceServerClient) -> None:
 
 
 def test_dynamic_batching_combines_concurrent_requests(client: triton.InferenceServerClient) -> None:
-    """Four single-sample requests reach the preferred batch size 4 well within the 200 ms queue delay."""
+    """Four single-sample requests reach the preferred batch size 4 well within the 1 s queue delay."""
     results: dict[int, np.ndarray] = {}
 
     def one(i: int) -> None:
