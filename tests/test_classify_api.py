@@ -5,6 +5,7 @@ Tiny conv models stand in for real classifiers; tests on the bundled MNIST model
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -33,6 +34,7 @@ from service.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 MAX_MESSAGE_BYTES = 1024 * 1024
 MNIST = BUNDLED_MODELS / "mnist-cnn"
 HAS_MNIST = (MNIST / "1" / "model.onnx").is_file() and (MNIST / "config.yaml").is_file()
+MNIST_DATA = Path(os.environ.get("ONNX_SERVE_MNIST_DATA", BUNDLED_MODELS.parent.parent / "shared" / "data" / "mnist"))
 needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason="the bundled models/mnist-cnn is not built yet")
 
 GREY_CONFIG = """\
@@ -188,22 +190,32 @@ SAMPLES: dict[str, Callable[[], bytes]] = {
 # ------------------------------------------------------------------------------------ in-process reference
 
 
-def in_process_scores(model_dir: Path, image: bytes | np.ndarray) -> np.ndarray:
-    """Every class's score for one image: the server's preprocessing code, then ONNX Runtime in this process."""
+@functools.cache
+def _session(model_path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+
+def in_process_scores(model_dir: Path, images: list[bytes | np.ndarray]) -> np.ndarray:
+    """Every class's score for each image, (images, classes): the server's preprocessing code, then ONNX
+    Runtime in this process on the whole batch."""
     config = yaml.safe_load((model_dir / "config.yaml").read_text())
     where = str(model_dir / "config.yaml")
     cfg = parse_preprocess(config["preprocess"], where)
     limits = parse_limits(config.get("limits") or {}, where)
-    if isinstance(image, np.ndarray):
-        height, width = image.shape[:2]
-        decoded = image_from_pixels(image.tobytes(), width, height, 1 if image.ndim == 2 else image.shape[2], limits)
-    else:
-        decoded = decode_image(image, limits)
-    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    (scores,) = session.run(None, {session.get_inputs()[0].name: preprocess(decoded, cfg)[np.newaxis]})
+    tensors = []
+    for image in images:
+        if isinstance(image, np.ndarray):
+            height, width = image.shape[:2]
+            channels = 1 if image.ndim == 2 else image.shape[2]
+            decoded = image_from_pixels(image.tobytes(), width, height, channels, limits)
+        else:
+            decoded = decode_image(image, limits)
+        tensors.append(preprocess(decoded, cfg))
+    session = _session(model_dir / "1" / "model.onnx")
+    (scores,) = session.run(None, {session.get_inputs()[0].name: np.stack(tensors)})
     softmax = bool((config.get("postprocess") or {}).get("softmax", False))
-    row = top_k(scores, scores.shape[1], softmax)[0]
-    return np.array([p.score for p in sorted(row, key=lambda p: p.index)])
+    rows = top_k(scores, scores.shape[1], softmax)
+    return np.array([[p.score for p in sorted(row, key=lambda p: p.index)] for row in rows])
 
 
 def served_scores(client: Client, model: str, image: bytes | np.ndarray, classes: int) -> np.ndarray:
@@ -251,14 +263,16 @@ def test_response_names_the_model_version_and_echoes_the_id(stub: pb_grpc.ImageC
 def test_served_scores_equal_in_process_onnxruntime(client: Client, repository: Path, sample: str) -> None:
     image = SAMPLES[sample]()
     for model, classes in (("grey", 3), ("rgb", 4)):
-        assert_same_scores(served_scores(client, model, image, classes), in_process_scores(repository / model, image))
+        expected = in_process_scores(repository / model, [image])[0]
+        assert_same_scores(served_scores(client, model, image, classes), expected)
 
 
 @pytest.mark.parametrize("shape", [(9, 7), (9, 7, 3), (9, 7, 4), (30, 50, 3)])
 def test_raw_pixels_equal_in_process_onnxruntime(client: Client, repository: Path, shape: tuple[int, ...]) -> None:
     pixels = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
     for model, classes in (("grey", 3), ("rgb", 4)):
-        assert_same_scores(served_scores(client, model, pixels, classes), in_process_scores(repository / model, pixels))
+        expected = in_process_scores(repository / model, [pixels])[0]
+        assert_same_scores(served_scores(client, model, pixels, classes), expected)
 
 
 def test_labels_missing_from_a_short_labels_file_are_indexes(client: Client) -> None:
@@ -429,12 +443,40 @@ def test_bundled_model_reads_drawn_digits(client: Client, expected: str, image: 
     assert predictions[0].label == expected, predictions
 
 
+def served_batch_scores(client: Client, images: list[bytes], per_request: int, classes: int = 10) -> np.ndarray:
+    """(images, classes) scores served by mnist-cnn, sent over one stream, `per_request` images a request."""
+    requests = [images[i:i + per_request] for i in range(0, len(images), per_request)]
+    scores = np.full((len(images), classes), np.nan)
+    for result in client.classify_stream(requests, top_k=classes):
+        for offset, predictions in enumerate(result.result()):
+            for p in predictions:
+                scores[result.index * per_request + offset, p.index] = p.score
+    return scores
+
+
+def assert_same_batch_scores(served: np.ndarray, expected: np.ndarray) -> None:
+    assert np.max(np.abs(served - expected)) <= 1e-5
+    assert np.array_equal(served.argmax(axis=1), expected.argmax(axis=1))
+
+
 @needs_mnist
 def test_bundled_model_serves_the_same_scores_as_in_process_onnxruntime(client: Client) -> None:
     images = [image for _, image in digit_images()] + [sample() for sample in SAMPLES.values()]
-    served = client.classify_stream(([image] for image in images), ordered=True, top_k=10)
-    for result, image in zip(served, images, strict=True):
-        scores = np.full(10, np.nan)
-        for p in result.result()[0]:
-            scores[p.index] = p.score
-        assert_same_scores(scores, in_process_scores(MNIST, image))
+    assert_same_batch_scores(served_batch_scores(client, images, 3), in_process_scores(MNIST, images))
+
+
+@needs_mnist
+@pytest.mark.skipif(not MNIST_DATA.is_dir(), reason=f"MNIST data not found at {MNIST_DATA}")
+def test_bundled_model_on_real_handwritten_digits_matches_onnxruntime(client: Client) -> None:
+    """Validation digits (never trained on) as white-on-black PNGs and as black-on-white JPEGs (scans)."""
+    from training.mnist_idx import SPLIT_SEED, load_mnist, stratified_split
+
+    dataset = load_mnist(MNIST_DATA)
+    _, validation = stratified_split(dataset.labels, 1000, SPLIT_SEED)
+    chosen = validation[:300]
+    pngs = [encode(Image.fromarray(dataset.images[i])) for i in chosen]
+    jpegs = [encode(Image.fromarray(255 - dataset.images[i]), "JPEG", quality=95) for i in chosen]
+    for images in (pngs, jpegs):
+        served = served_batch_scores(client, images, 16)
+        assert_same_batch_scores(served, in_process_scores(MNIST, images))
+        assert np.mean(served.argmax(axis=1) == dataset.labels[chosen]) >= 0.97
