@@ -48,6 +48,7 @@ from service.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "mnist-cnn"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default --max-message-bytes
+MAX_TOP_K = 2**32 - 1  # the field is a uint32; the server clips top_k to the model's classes anyway
 
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Image.Image
 Images: TypeAlias = ImageInput | Sequence[ImageInput] | Iterable[ImageInput]
@@ -166,8 +167,8 @@ def classify_request(images: Images, model: str, top_k: int | None = None, versi
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None (the model's default), got {top_k!r}")
     protos = [image_proto(image, i) for i, image in enumerate(image_list(images))]
-    return pb.ClassifyRequest(model_name=model, model_version=version, images=protos, top_k=top_k or 0,
-                              id=request_id)
+    return pb.ClassifyRequest(model_name=model, model_version=version, images=protos,
+                              top_k=min(top_k or 0, MAX_TOP_K), id=request_id)
 
 
 def predictions(response: pb.ClassifyResponse) -> list[list[Prediction]]:

@@ -130,6 +130,7 @@ def test_classify_request_fields_and_top_k_checks() -> None:
     assert (request.model_name, request.model_version, request.top_k, request.id) == ("m", "2", 3, "id-1")
     assert [i.encoded for i in request.images] == [b"a", b"b"]
     assert classify_request(b"a", "m").top_k == 0  # the model's default
+    assert classify_request(b"a", "m", 10**12).top_k == 2**32 - 1
     for bad in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="top_k must be a positive integer"):
             classify_request(b"a", "m", bad)  # type: ignore[arg-type]
@@ -269,6 +270,15 @@ def test_stream_refuses_a_request_over_the_message_limit_alone(server: ServerPro
         assert results[0].result() == results[2].result() == c.classify(image, model="grey")
     assert isinstance(results[1].error, ClientError) and results[1].error.code == "RESOURCE_EXHAUSTED"
     assert "request 1 is 160" in results[1].error.message
+
+
+def test_leaving_a_stream_early_cancels_it_and_the_server_goes_on(client: Client) -> None:
+    image = png(Image.new("L", (8, 8), 10))
+    for ordered in (False, True):
+        for result in client.classify_stream([image] * 500, model="grey", ordered=ordered):
+            assert result.error is None and (result.index == 0 or not ordered)
+            break
+    assert len(client.classify([image] * 4, model="grey")) == 4
 
 
 def test_server_unreachable_is_unavailable() -> None:
