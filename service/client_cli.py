@@ -85,6 +85,12 @@ def run_classify(args: argparse.Namespace, out: TextIO | None = None, err: TextI
         except ClientError as exc:
             print(f"onnx-serve classify: {args.url}: {_describe(exc)}", file=err)
             return EXIT_UNUSABLE
+        except BrokenPipeError:  # the reader left (`... | head -1`): stop quietly, as other tools do
+            if out is sys.stdout:  # so the interpreter's last flush at exit cannot fail again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_IMAGE_FAILED
+        except KeyboardInterrupt:
+            return 130
     return EXIT_IMAGE_FAILED if failed else 0
 
 

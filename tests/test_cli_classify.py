@@ -144,6 +144,18 @@ def test_bad_files_get_one_line_each_and_the_good_ones_still_print(server: Serve
         assert reason in line and "image 0" not in line, line
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback(server: ServerProcess, images: dict[str, Path]) -> None:
+    command = [sys.executable, "-m", "service.cli", "classify", "--url", server.url, "--model", "grey",
+               *[str(images["ring.png"])] * 600]  # more output than a pipe buffers
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as process:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == f"{images['ring.png']}\n"
+        process.stdout.close()
+        stderr = process.stderr.read()
+        assert process.wait(timeout=60) == 1
+    assert stderr == ""
+
+
 def test_unreachable_server_is_one_line_and_exit_2(images: dict[str, Path]) -> None:
     result = classify("--url", "127.0.0.1:1", "--model", "grey", images["ring.png"], images["stroke.jpg"])
     assert (result.returncode, result.stdout) == (2, "")
