@@ -63,7 +63,7 @@ postprocess: {softmax: true, top_k: 2}
 """
 BATCHED_CONFIG = """\
 max_batch_size: 32
-dynamic_batching: {max_queue_delay_microseconds: 20000}
+dynamic_batching: {max_queue_delay_microseconds: 200000}  # long enough for threads on a slow CI machine to meet
 preprocess: {color_mode: L, width: 8, height: 8}
 """
 
