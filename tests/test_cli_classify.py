@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from serving import BUNDLED_MODELS, ROOT, ServerProcess, conv_classifier_model, running_server
 
 from service.client import Client
+from tests.test_client import write_pki
 
 FLAGS = ("--execution-providers", "cpu")
 GREY_CONFIG = "preprocess: {color_mode: L, width: 8, height: 8}\nlabels: labels.txt\npostprocess: {top_k: 3}\n"
@@ -184,21 +185,33 @@ def test_url_from_the_environment_and_usage_errors(server: ServerProcess, images
         assert flag in usage.stdout
 
 
-def test_token_file(repository: Path, images: dict[str, Path], tmp_path: Path) -> None:
+def test_mutual_tls_and_token_file(repository: Path, images: dict[str, Path], tmp_path: Path) -> None:
+    pki = write_pki(tmp_path)
     (tmp_path / "tokens").write_text("letmein\n")
     (tmp_path / "my-token").write_text("# the token\nletmein\n")
     (tmp_path / "wrong-token").write_text("nope\n")
-    with running_server(repository, *FLAGS, "--auth-token-file", str(tmp_path / "tokens")) as secured:
-        ok = classify("--url", secured.url, "--model", "grey", "--token-file", tmp_path / "my-token",
+    tls = ("--tls-ca", pki["ca"], "--tls-cert", pki["client-cert"], "--tls-key", pki["client-key"])
+    with running_server(repository, *FLAGS, "--auth-token-file", str(tmp_path / "tokens"), "--tls-cert",
+                        str(pki["server-cert"]), "--tls-key", str(pki["server-key"]), "--tls-client-ca",
+                        str(pki["ca"])) as secured:
+        url = secured.url
+        ok = classify("--url", url, "--model", "grey", "--token-file", tmp_path / "my-token", *tls,
                       images["ring.png"])
-        denied = classify("--url", secured.url, "--model", "grey", "--token-file", tmp_path / "wrong-token",
+        by_name = classify("--url", f"https://localhost:{secured.grpc_port}", "--model", "grey", "--token-file",
+                           tmp_path / "my-token", *tls, images["ring.png"])
+        denied = classify("--url", url, "--model", "grey", "--token-file", tmp_path / "wrong-token", *tls,
                           images["ring.png"], images["stroke.jpg"])
-        missing = classify("--url", secured.url, "--token-file", tmp_path / "absent", images["ring.png"])
-    assert (ok.returncode, ok.stderr) == (0, "") and ok.stdout.startswith(str(images["ring.png"]))
+        plaintext = classify("--url", url, "--model", "grey", "--token-file", tmp_path / "my-token",
+                             images["ring.png"])
+        missing = classify("--url", url, "--token-file", tmp_path / "absent", *tls, images["ring.png"])
+    for result in (ok, by_name):
+        assert (result.returncode, result.stderr) == (0, "") and result.stdout.startswith(str(images["ring.png"]))
     assert denied.returncode == 2 and denied.stderr.splitlines() == [
-        f"onnx-serve classify: {secured.url}: missing or invalid bearer token (UNAUTHENTICATED)"]
+        f"onnx-serve classify: {url}: missing or invalid bearer token (UNAUTHENTICATED)"]
+    assert plaintext.returncode == 2 and plaintext.stderr.rstrip().endswith("(UNAVAILABLE)")
     assert missing.returncode == 2 and "absent: No such file or directory" in missing.stderr
-    assert "Traceback" not in missing.stderr
+    for result in (denied, plaintext, missing):
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 @pytest.mark.skipif(not (MNIST / "1" / "model.onnx").is_file(), reason="the bundled models/mnist-cnn is not built yet")
