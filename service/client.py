@@ -293,6 +293,12 @@ class _Base:
         self.max_message_bytes = max_message_bytes
         self._settings = _ChannelSettings.create(url, tls, root_certificates, client_cert, client_key,
                                                  tls_server_name, token, max_message_bytes, load_balancing)
+        self._channel = self._open_channel(self._settings)
+        self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._classifier = pb_grpc.ImageClassifierStub(self._channel)
+
+    def _open_channel(self, settings: _ChannelSettings) -> Any:
+        raise NotImplementedError
 
     def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
@@ -311,13 +317,10 @@ class _Base:
 class Client(_Base):
     """Blocking client; thread-safe (one HTTP/2 connection per resolved address, shared by all threads)."""
 
-    def __init__(self, url: str = DEFAULT_URL, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        s = self._settings
-        self._channel = (grpc.secure_channel(s.target, s.credentials, s.options) if s.credentials
-                         else grpc.insecure_channel(s.target, s.options))
-        self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._classifier = pb_grpc.ImageClassifierStub(self._channel)
+    def _open_channel(self, settings: _ChannelSettings) -> grpc.Channel:
+        if settings.credentials:
+            return grpc.secure_channel(settings.target, settings.credentials, settings.options)
+        return grpc.insecure_channel(settings.target, settings.options)
 
     def close(self) -> None:
         self._channel.close()
@@ -408,13 +411,10 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The same API for asyncio (grpc.aio); create it inside the running event loop."""
 
-    def __init__(self, url: str = DEFAULT_URL, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        s = self._settings
-        self._channel = (grpc.aio.secure_channel(s.target, s.credentials, s.options) if s.credentials
-                         else grpc.aio.insecure_channel(s.target, s.options))
-        self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
-        self._classifier = pb_grpc.ImageClassifierStub(self._channel)
+    def _open_channel(self, settings: _ChannelSettings) -> grpc.aio.Channel:
+        if settings.credentials:
+            return grpc.aio.secure_channel(settings.target, settings.credentials, settings.options)
+        return grpc.aio.insecure_channel(settings.target, settings.options)
 
     async def close(self) -> None:
         await self._channel.close()
