@@ -76,12 +76,13 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
             raise InvalidArgument(f"images: {count} images, above the limit of "
                                   f"{config.limits.max_images_per_request} per request")
         k = request.top_k or config.postprocess.top_k
-        try:
-            scores = await asyncio.gather(*(self._one_image(version, i, image, deadline)
-                                            for i, image in enumerate(request.images)))
-        except BaseException:
+        outcomes = await asyncio.gather(*(self._one_image(version, i, image, deadline)
+                                          for i, image in enumerate(request.images)), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:  # the first bad image by index, whichever finished first, so the answer is repeatable
             version.stats.request_failed(call.elapsed_ns)
-            raise
+            raise failures[0]
+        scores = outcomes
         predictions = top_k(np.concatenate(scores), k, config.postprocess.softmax, version.labels)
         response = pb.ClassifyResponse(model_name=version.name, model_version=str(version.version), id=request.id)
         for row in predictions:
