@@ -84,7 +84,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     load.add_argument("--shape", action="append", default=[], metavar="NAME:D1,D2,...",
                       help="full shape of a random input, for models whose metadata has dynamic dims")
     load.add_argument("--top-k", type=int, default=0, help="classify: top_k (0 = the model's default)")
-    load.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS", help="per-request deadline; 0 = none")
+    load.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                      help="per-request deadline (unary APIs); 0 = none")
     load.add_argument("--channels", type=int, default=1, metavar="N",
                       help="gRPC channels (TCP connections); requests are spread over them. Use several against "
                       "--workers N servers: the kernel spreads connections, not requests, over SO_REUSEPORT workers")

@@ -46,8 +46,14 @@ def summarize(run: LevelRun, items_per_request: int) -> dict[str, Any]:
         "server_rss_mb": None,
         "server": None,
     }
+    # CPU per request is steadier than throughput on a busy machine: it shows what each side costs.
+    client_cpu_s = after.client_cpu_s - before.client_cpu_s
+    summary["client_cpu_us_per_request"] = round(client_cpu_s / requests * 1e6, 1) if requests else None
+    summary["server_cpu_us_per_request"] = None
     if before.server and after.server:
-        summary["server_cpu"] = round((after.server.cpu_s - before.server.cpu_s) / snapshot_wall, 3)
+        server_cpu_s = after.server.cpu_s - before.server.cpu_s
+        summary["server_cpu"] = round(server_cpu_s / snapshot_wall, 3)
+        summary["server_cpu_us_per_request"] = round(server_cpu_s / requests * 1e6, 1) if requests else None
         summary["server_rss_mb"] = round(after.server.rss_bytes / 2**20, 1)
     if before.model and after.model:
         summary["server"] = after.model.minus(before.model).breakdown()
@@ -67,9 +73,9 @@ def format_table(levels: Sequence[dict[str, Any]]) -> str:
     with_server = any(level["server"] for level in levels)
     with_server_cpu = any(level["server_cpu"] is not None for level in levels)
     header = ["conc", "req/s", "items/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "errors", "stable",
-              "client cpu"]
+              "client cpu", "us/req"]
     if with_server_cpu:
-        header += ["server cpu", "rss MiB"]
+        header += ["server cpu", "us/req", "rss MiB"]
     if with_server:
         header += ["queue ms", "in ms", "infer ms", "out ms", "batch"]
     rows = [header]
@@ -77,10 +83,12 @@ def format_table(levels: Sequence[dict[str, Any]]) -> str:
         latency = level["latency_ms"]
         row = [str(level["concurrency"]), _cell(level["requests_per_s"], 1), _cell(level["items_per_s"], 1),
                *(_cell(latency[key], 3) for key in ("p50", "p90", "p95", "p99", "max")),
-               _cell(level["error_count"]), "yes" if level["stable"] else "NO", f"{level['client_cpu']:.0%}"]
+               _cell(level["error_count"]), "yes" if level["stable"] else "NO", f"{level['client_cpu']:.0%}",
+               _cell(level["client_cpu_us_per_request"], 0)]
         if with_server_cpu:
             cpu = level["server_cpu"]
-            row += ["-" if cpu is None else f"{cpu:.0%}", _cell(level["server_rss_mb"], 0)]
+            row += ["-" if cpu is None else f"{cpu:.0%}", _cell(level["server_cpu_us_per_request"], 0),
+                    _cell(level["server_rss_mb"], 0)]
         if with_server:
             server = level["server"] or {}
             row += [_cell(server.get(key), 3) for key in ("avg_queue_ms", "avg_compute_input_ms",
