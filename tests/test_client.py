@@ -36,10 +36,10 @@ from service.client import (
     Prediction,
     StreamResult,
     _ChannelSettings,
-    _in_order,
     classify_request,
     image_list,
     image_proto,
+    in_order,
 )
 
 FLAGS = ("--execution-providers", "cpu")
@@ -169,7 +169,7 @@ def test_client_error_and_stream_result() -> None:
     with pytest.raises(ClientError):
         StreamResult(1, error=error).result()
     shuffled = [StreamResult(i) for i in (2, 0, 3, 1, 5)]
-    assert [r.index for r in _in_order(shuffled)] == [0, 1, 2, 3, 5]
+    assert [r.index for r in in_order(shuffled)] == [0, 1, 2, 3, 5]
 
 
 # ------------------------------------------------------------------------------------------ plain server
