@@ -155,6 +155,9 @@ def render(state: Any, chart: Path, root: Path) -> str:
             f"{settings['window_s']:g} s windows; a level is stable when the last three windows' throughputs are "
             "within 10% of their mean (perf_analyzer's rule), else up to three windows are added.",
             "- Client and server share the machine's CPUs (client CPU is reported per level: 100% = one core).",
+            f"- The MNIST servers are measured in {settings.get('repeat', 1)} pass(es), servers in rotated order; "
+            "each level reports its best pass (other load on a shared machine only ever slows a level down; every "
+            "pass's items/s is in the JSON).",
             "- Servers run one at a time on 127.0.0.1 and are stopped between configurations. onnx-serve: "
             "`onnx-serve serve --execution-providers cpu` with the model's config.yaml (batching on: "
             "max_queue_delay 500 us, preferred 16/32) or the same with `dynamic_batching: false`.",
@@ -203,7 +206,8 @@ def _mnist_sections(doc: Doc, chart: Path, root: Path) -> None:
     try:
         from service.bench.report import plot_series
 
-        series = [(label, state.runs[key]["levels"]) for key, label in MNIST_SERIES if key in state.runs]
+        series = [(label, state.runs[key]["levels"]) for key, label in MNIST_SERIES
+                  if key in state.runs and key != "onnx-serve-classify"]  # V2 tensors only: same work per item
         plot_series(chart, series, "MNIST CNN, batch-1 requests: throughput vs p99 latency")
         doc.add(f"![throughput vs p99 latency]({chart.name})", "")
     except ImportError:

@@ -126,7 +126,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_SETUP
         document = asyncio.run(sweep(args))
-    except (SetupError, ValueError, FileNotFoundError) as exc:
+    except (SetupError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"onnx-serve bench: {exc}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
