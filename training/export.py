@@ -72,6 +72,8 @@ def export_onnx(
     # The TorchScript exporter is deprecated but still supported in torch 2.13; it is chosen on purpose.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # Static "same" padding (EfficientNet) slices with constant bounds that ORT folds anyway.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
             model,
             (example_input,),
