@@ -35,6 +35,7 @@ Resize = Literal["exact", "shorter_side"]
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 Layout = Literal["NCHW", "NHWC"]
 DType = Literal["FP32", "FP16", "UINT8"]
+Center = Literal["none", "mass"]
 
 _RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -58,6 +59,7 @@ class PreprocessConfig:
     crop_fraction: float = 1.0
     interpolation: Interpolation = "bilinear"
     invert: bool | Literal["auto"] = "auto"
+    center: Center = "none"
     scale: float = 1 / 255
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
@@ -120,12 +122,16 @@ def parse_preprocess(raw: object, where: str) -> PreprocessConfig:
         crop_fraction=crop_fraction,
         interpolation=section.choice("interpolation", d.interpolation, get_args(Interpolation)),
         invert=invert,
+        center=section.choice("center", d.center, get_args(Center)),
         scale=section.number("scale", d.scale, "a finite number > 0", lambda v: 0 < v < math.inf),
         mean=_per_channel(section, "mean", d.mean, channels, nonzero=False),
         std=_per_channel(section, "std", d.std, channels, nonzero=True),
         layout=section.choice("layout", d.layout, get_args(Layout)),
         dtype=section.choice("dtype", d.dtype, get_args(DType)),
     )
+    if cfg.center == "mass" and (cfg.color_mode != "L" or cfg.resize != "exact"):
+        raise section.error("center", "none unless color_mode is L and resize is exact (mass frames one grey "
+                                      "digit)")
     if cfg.dtype == "UINT8" and (cfg.scale != 1 or any(cfg.mean) or any(s != 1 for s in cfg.std)):
         raise ConfigError(
             f"{where}: preprocess.dtype: UINT8 feeds the 0..255 pixels themselves, so set scale: 1, "
@@ -196,12 +202,13 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     target_mode = "L" if cfg.color_mode == "L" else "RGB"
     if image.mode != target_mode:
         image = image.convert(target_mode)
-    image = _resize(image, cfg)
-
-    pixels = np.asarray(image)  # uint8 (H, W) or (H, W, 3): one copy, of the small resized image
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, np.newaxis]
-    invert = _is_dark_on_light(pixels) if cfg.invert == "auto" else cfg.invert
+    if cfg.center == "mass" and image.size != (cfg.width, cfg.height):
+        pixels, invert = _frame_by_mass(np.asarray(image), cfg), False
+    else:
+        pixels = np.asarray(_resize(image, cfg))  # uint8 (H, W) or (H, W, 3): one copy, of the small image
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, np.newaxis]
+        invert = _is_dark_on_light(pixels) if cfg.invert == "auto" else cfg.invert
     if cfg.color_mode == "BGR":
         pixels = pixels[:, :, ::-1]
     table = _lookup_table(cfg, invert)
@@ -211,6 +218,32 @@ def preprocess(image: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
             np.take(table[channel], pixels[:, :, channel], out=out[channel], mode="clip")
         return out
     return table[np.arange(cfg.channels), pixels]  # (H, W, C): broadcast gather
+
+
+def _frame_by_mass(grey: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Frames a digit as MNIST was made: ink made white on black (``invert``), cropped to its bounding box
+    (pixels above 20 % of the brightest), scaled so the longer side fills 20/28 of the frame, and placed so
+    its centre of mass is the frame's centre. Returns uint8 (H, W, 1), ink white, ready for scaling."""
+    ink = 255 - grey if (_is_dark_on_light(grey[:, :, np.newaxis]) if cfg.invert == "auto" else cfg.invert) \
+        else grey
+    frame = np.zeros((cfg.height, cfg.width, 1), dtype=np.uint8)
+    brightest = int(ink.max())
+    if brightest == 0:  # a blank image: nothing to frame
+        return frame
+    rows, cols = np.nonzero(ink > 0.2 * brightest)
+    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    box_side = max(1, round(min(cfg.width, cfg.height) * 20 / 28))
+    scale = box_side / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    box = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, _RESAMPLING[cfg.interpolation]))
+    weights = box.astype(np.float64)
+    mass = weights.sum()
+    centre_y = (weights.sum(axis=1) @ np.arange(box.shape[0])) / mass if mass else (box.shape[0] - 1) / 2
+    centre_x = (weights.sum(axis=0) @ np.arange(box.shape[1])) / mass if mass else (box.shape[1] - 1) / 2
+    top = min(max(round((cfg.height - 1) / 2 - centre_y), 0), cfg.height - box.shape[0])
+    left = min(max(round((cfg.width - 1) / 2 - centre_x), 0), cfg.width - box.shape[1])
+    frame[top : top + box.shape[0], left : left + box.shape[1], 0] = box
+    return frame
 
 
 def shorter_side_geometry(

@@ -70,6 +70,7 @@ def test_config_yaml_follows_the_contract() -> None:
         "height": 28,
         "interpolation": "bilinear",
         "invert": "auto",
+        "center": "mass",
         "scale": pytest.approx(1 / 255),
         "mean": [0.0],
         "std": [1.0],

@@ -656,3 +656,40 @@ def test_any_bytes_either_preprocess_or_raise_invalid_argument(data: bytes) -> N
         return
     out = preprocess(image, FUZZ_CFG)
     assert out.shape == (3, 8, 8) and np.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------ center: mass
+
+
+def _mass_config(**overrides: object) -> PreprocessConfig:
+    return parse_preprocess({"color_mode": "L", "width": 28, "height": 28, "invert": "auto", "center": "mass",
+                             **overrides}, "test")
+
+
+def test_center_mass_frames_an_off_centre_digit_like_mnist() -> None:
+    canvas = Image.new("L", (100, 100), 255)  # dark ink on light paper, small and off-centre
+    canvas.paste(0, (10, 20, 22, 50))  # a 12x30 bar
+    out = preprocess(canvas, _mass_config())[0]
+    rows, cols = np.nonzero(out > 0.2)
+    assert max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == 20  # longer side fills 20 of 28
+    weights = out / out.sum()
+    centre = (weights.sum(axis=1) @ np.arange(28), weights.sum(axis=0) @ np.arange(28))
+    assert abs(centre[0] - 13.5) <= 0.5 and abs(centre[1] - 13.5) <= 0.5
+    assert out[0, 0] == 0.0 and out.max() == 1.0  # inverted: white ink on black
+
+
+def test_center_mass_leaves_images_already_at_the_input_size_alone() -> None:
+    digit = np.zeros((28, 28), np.uint8)
+    digit[2:9, 3:6] = 200  # deliberately off-centre: a 28x28 image is taken as framed
+    out = preprocess(Image.fromarray(digit), _mass_config())
+    np.testing.assert_array_equal(out[0], (digit / 255.0).astype(np.float32))
+
+
+def test_center_mass_on_a_blank_image_gives_zeros() -> None:
+    assert not preprocess(Image.new("L", (50, 50), 255), _mass_config()).any()
+
+
+@pytest.mark.parametrize("overrides", [{"color_mode": "RGB"}, {"resize": "shorter_side"}])
+def test_center_mass_needs_a_grey_exact_resize(overrides: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=r"preprocess\.center"):
+        _mass_config(**overrides)

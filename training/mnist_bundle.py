@@ -35,6 +35,8 @@ preprocess:
   height: 28
   interpolation: bilinear
   invert: auto                     # dark ink on light paper (the usual photo or scan) is inverted
+  center: mass                     # frame the digit as MNIST does (20x20 box, centre of mass) unless the
+                                   # image is already 28x28, which is taken as framed and used as is
   scale: 0.00392156862745098       # 1/255; the graph normalises with MNIST mean/std itself
   mean: [0.0]
   std: [1.0]
@@ -163,25 +165,25 @@ split: {parity.samples if parity else 0} digits, max absolute difference of prob
 ## Serving
 
 `config.yaml` turns any PNG/JPEG into the model's input for the Classify API: greyscale, transparent
-areas composited onto white, resized to exactly 28x28 (bilinear), inverted when the image is dark on
-light (border mean > 127), scaled by 1/255. The graph normalises itself, and already outputs
-probabilities, so `postprocess.softmax` is false.
+areas composited onto white, inverted when the image is dark on light (border mean > 127), framed like
+MNIST (`center: mass`, below) unless it is already 28x28, scaled by 1/255. The graph normalises itself
+and already outputs probabilities, so `postprocess.softmax` is false.
 
-## Limitations: framing of real images
+## Framing of real images
 
 MNIST digits are size-normalised into a 20x20 box and centred by centre of mass in the 28x28 frame.
 The model tolerates a few pixels of shift and about 10% of scale change (it was trained with them),
-but a digit that is small in a large canvas, or off-centre, is far from what it has seen, and resizing
-the whole image to 28x28 (what `config.yaml` does) keeps those faults. Measured with
-`python -m training.framing_study` on the validation digits, re-drawn dark on white in 100x100 PNGs:
-`plain` is this config's preprocessing, `mnist` crops to the ink's bounding box, fits it in 20x20 and
-centres it by centre of mass, as MNIST itself was made.
+but a digit that is small in a large canvas, or off-centre, is far from what it has seen. So
+`config.yaml` sets `center: mass`: the server frames the digit as MNIST did (crop to the ink's bounding
+box, fit it in 20x20, centre it by centre of mass) before scaling. An image that is already 28x28 is
+taken as framed and used pixel for pixel. Measured with `python -m training.framing_study` on the
+validation digits, re-drawn dark on white in 100x100 PNGs: `plain` resizes the whole image to 28x28,
+`mnist` frames it as `center: mass` does.
 
 {result.framing_table}
 
-Until the server centres digits, send images cropped to the digit with a margin of about a quarter of
-its size on each side. The model knows single digits only and has not seen letters, several digits
-or blank images: it will still answer with the most likely digit.
+The model knows single digits only and has not seen letters, several digits or blank images: it will
+still answer with the most likely digit.
 """
 
 
