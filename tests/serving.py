@@ -194,12 +194,11 @@ def string_model(path: Path) -> Path:
 
 def slow_model(path: Path, milliseconds: int) -> Path:
     """Sleeps roughly `milliseconds` per run (a big loop of Adds), to keep requests in flight."""
-    import numpy as np
-
     iterations = helper.make_tensor("iters", TensorProto.INT64, [], [milliseconds * 1000])
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
     body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
         "body",
         [tensor("i", TensorProto.INT64, []), tensor("cond_in", TensorProto.BOOL, []),
          tensor("acc_in", TensorProto.FLOAT, [])],
@@ -212,7 +211,6 @@ def slow_model(path: Path, milliseconds: int) -> Path:
         helper.make_node("Mul", ["x", "zero"], ["zeros"]),
         helper.make_node("Add", ["zeros", "total"], ["y"]),
     ]
-    del np
     graph = helper.make_graph(nodes, "slow", [tensor("x", TensorProto.FLOAT, ["N", 2])],
                               [tensor("y", TensorProto.FLOAT, ["N", 2])],
                               initializer=[iterations, cond, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
