@@ -135,3 +135,38 @@ def test_reload_under_load_fails_no_request(tmp_path: Path) -> None:
         failures = [o for o in outcomes if o != "ok"]
         assert outcomes.count("ok") > 20
         assert failures == []
+
+
+def test_json_logs_carry_the_request_id_on_error_lines(tmp_path: Path) -> None:
+    import json
+
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    with running_server(tmp_path, "--log-format", "json", "--log-level", "debug", "--access-log") as server, \
+            tc.InferenceServerClient(server.url) as client:
+        a = tc.InferInput("a", [1, 5], "FP32")
+        a.set_data_from_numpy(np.ones((1, 5), np.float32))
+        with pytest.raises(InferenceServerException):
+            client.infer("add", [a, a], request_id="req-42")
+        infer_add(client)
+        server.wait_for_line('"code": "OK"')
+    entries = [json.loads(line) for line in server.lines if line.startswith("{")]
+    assert entries and len(entries) == len([line for line in server.lines if line.strip()])
+    failure = [e for e in entries if e.get("request_id") == "req-42" and e["logger"] == "service.api"]
+    assert failure and failure[0]["code"] == "INVALID_ARGUMENT" and failure[0]["level"] == "debug"
+    access = [e for e in entries if e["logger"] == "service.access"]
+    assert {e["code"] for e in access} == {"INVALID_ARGUMENT", "OK"}
+    assert all(e["api"] == "infer" and e["model"] == "add" and e["ms"] >= 0 for e in access)
+
+
+def test_no_per_request_lines_at_info_by_default(tmp_path: Path) -> None:
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    with running_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+        before = len(server.lines)
+        for _ in range(20):
+            infer_add(client)
+        a = tc.InferInput("a", [1, 5], "FP32")
+        a.set_data_from_numpy(np.ones((1, 5), np.float32))
+        with pytest.raises(InferenceServerException):
+            client.infer("add", [a, a])
+        time.sleep(0.2)
+        assert len(server.lines) == before

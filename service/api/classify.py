@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.api.common import Call, answer_concurrently, deadline_ns, describe_failure
+from service.api.common import Call, answer_concurrently, deadline_ns
 from service.api.v2 import Server
 from service.config import cpu_quota
 from service.errors import InvalidArgument, ServeError
@@ -38,8 +38,7 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
         try:
             return await self._classify(request, call, deadline_ns(context))
         except Exception as exc:
-            code, message = describe_failure(exc, call.request_id, f"Classify {request.model_name!r}")
-            call.code = code.name
+            code, message = call.failed(exc)
             await context.abort(code, message)
         finally:
             call.finish()
@@ -52,8 +51,7 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
             try:
                 return pb.ClassifyStreamResponse(response=await self._classify(request, call, None))
             except Exception as exc:
-                code, message = describe_failure(exc, call.request_id, f"ClassifyStream {request.model_name!r}")
-                call.code = code.name
+                code, message = call.failed(exc)
                 failed = pb.ClassifyResponse(model_name=request.model_name, id=request.id)
                 return pb.ClassifyStreamResponse(error_message=message, error_code=code.name, response=failed)
             finally:

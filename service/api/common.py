@@ -20,6 +20,7 @@ log = logging.getLogger("service.api")
 access_log = logging.getLogger("service.access")
 
 STATUS = {code.name: code for code in grpc.StatusCode}
+SERVER_SIDE_CODES = {"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -63,12 +64,20 @@ class Call:
     def elapsed_ns(self) -> int:
         return time.perf_counter_ns() - self.started_ns
 
+    def failed(self, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        """Records the failure's status for this call's metrics; returns the status and message to answer."""
+        code, message = describe_failure(exc, self.request_id, f"{self.api} {self.model!r}")
+        self.code = code.name
+        return code, message
+
     def finish(self) -> None:
         self.metrics.inflight_for(self.label).dec()
         self.metrics.request_done(self.label, self.version, self.api, self.code, self.elapsed_ns / 1e9)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info("%s model=%s version=%s id=%s code=%s %.3fms", self.api, self.model[:200], self.version,
-                            self.request_id[:200], self.code, self.elapsed_ns / 1e6)
+            fields = {"api": self.api, "model": self.model[:200], "version": self.version,
+                      "request_id": self.request_id[:200], "code": self.code, "ms": round(self.elapsed_ns / 1e6, 3)}
+            access_log.info("%s model=%s version=%s id=%s code=%s %.3fms", self.api, fields["model"], self.version,
+                            fields["request_id"], self.code, fields["ms"], extra=fields)
 
 
 # The status message travels in HTTP/2 trailers, percent-encoded, under grpc's 8 KiB metadata limit: a message
@@ -83,14 +92,19 @@ def bounded_message(text: str) -> str:
 
 
 def describe_failure(exc: BaseException, call_id: str, what: str) -> tuple[grpc.StatusCode, str]:
-    """The status and message a client sees: ours for ServeErrors, an opaque one (logged here with the
-    traceback and the request id) for bugs."""
+    """The status and message a client sees: ours for ServeErrors, an opaque one for bugs. Every failure is
+    logged with the request id: a client's mistake at DEBUG (no per-request noise by default), a server-side
+    failure at WARNING, a bug at ERROR with its traceback, which never reaches the client."""
+    fields = {"request_id": call_id[:200], "what": what[:200]}
     if isinstance(exc, ServeError):
         message = bounded_message(str(exc))
-        if exc.status_name in ("INTERNAL", "UNAVAILABLE"):
-            log.warning("%s failed (request id %s): %s", what[:200], call_id[:200], message)
+        fields["code"] = exc.status_name
+        level = logging.WARNING if exc.status_name in SERVER_SIDE_CODES else logging.DEBUG
+        log.log(level, "%s failed (request id %s): %s", fields["what"], fields["request_id"], message, extra=fields)
         return STATUS[exc.status_name], message
-    log.error("%s failed with an internal error (request id %s)", what[:200], call_id[:200], exc_info=exc)
+    fields["code"] = "INTERNAL"
+    log.error("%s failed with an internal error (request id %s)", fields["what"], fields["request_id"], exc_info=exc,
+              extra=fields)
     return grpc.StatusCode.INTERNAL, bounded_message(f"internal error (request id {call_id})")
 
 

@@ -130,8 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer(request, call, deadline_ns(context))
         except Exception as exc:
-            code, message = describe_failure(exc, call.request_id, f"ModelInfer {request.model_name!r}")
-            call.code = code.name
+            code, message = call.failed(exc)
             await context.abort(code, message)
         finally:
             call.finish()
@@ -144,8 +143,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request, call, None))
             except Exception as exc:
-                code, message = describe_failure(exc, call.request_id, f"ModelStreamInfer {request.model_name!r}")
-                call.code = code.name
+                _, message = call.failed(exc)
                 failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
                 return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
             finally:
