@@ -65,6 +65,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     option("tls-cert", "", "PEM certificate chain: turns TLS on (plaintext is then refused)")
     option("tls-key", "", "PEM private key of --tls-cert")
     option("tls-client-ca", "", "PEM CA bundle: require and verify client certificates (mutual TLS)")
+    option("tracing", d.tracing, "OpenTelemetry spans per request (queue, preprocess, inference); exporter set by "
+           "OTEL_* variables, needs the tracing extra")
     option("auth-token-file", "", "file of accepted bearer tokens, one per line: every RPC but health and "
            "reflection then needs 'authorization: Bearer <token>'")
 
@@ -96,6 +98,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         tls_key=path(args.tls_key),
         tls_client_ca=path(args.tls_client_ca),
         auth_token_file=path(args.auth_token_file),
+        tracing=bool(args.tracing),
     )
 
 

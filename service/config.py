@@ -67,7 +67,7 @@ class Settings:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     auth_token_file: Path | None = None
-    model_control: bool = True
+    tracing: bool = False
 
     @property
     def metrics_bind_host(self) -> str:

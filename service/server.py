@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from service import protos
+from service import protos, tracing
 from service.api.auth import TokenAuthInterceptor
 from service.api.classify import ClassifyServicer
 from service.api.v2 import InferenceServicer, Server
@@ -66,6 +66,8 @@ class RunningServer:
 
     async def run(self) -> int:
         settings = self.settings
+        if settings.tracing:
+            tracing.setup()
         repository = Repository(settings.model_repository, settings, self.metrics)
         state = Server(repository, self.metrics, max_elements=settings.max_message_bytes)
         interceptors = [TokenAuthInterceptor.from_file(settings.auth_token_file)] if settings.auth_token_file else []
@@ -140,6 +142,7 @@ class RunningServer:
         await repository.close()
         if exporter is not None:
             exporter.shutdown()
+        tracing.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)

@@ -74,7 +74,7 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
             raise InvalidArgument(f"images: {count} images, above the limit of "
                                   f"{config.limits.max_images_per_request} per request")
         k = request.top_k or config.postprocess.top_k
-        outcomes = await asyncio.gather(*(self._one_image(version, i, image, deadline)
+        outcomes = await asyncio.gather(*(self._one_image(version, call, i, image, deadline)
                                           for i, image in enumerate(request.images)), return_exceptions=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:  # the first bad image by index, whichever finished first, so the answer is repeatable
@@ -89,16 +89,20 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
                 result.predictions.add(label=p.label, index=p.index, score=p.score)
         return response
 
-    async def _one_image(self, version: ModelVersion, index: int, image: Any, deadline: int | None) -> np.ndarray:
+    async def _one_image(self, version: ModelVersion, call: Call, index: int, image: Any, deadline: int | None
+                         ) -> np.ndarray:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         try:
             tensor = await loop.run_in_executor(self.pool, _prepare, version, image)
         except ServeError as exc:
             raise type(exc)(f"image {index}: {exc}") from None
-        version.metrics.preprocess_duration.observe((time.perf_counter_ns() - started) / 1e9)
+        prepared = time.perf_counter_ns()
+        version.metrics.preprocess_duration.observe((prepared - started) / 1e9)
+        call.stage("preprocess", started, prepared)
         name = version.signature.inputs[0].name
         result = await version.infer({name: tensor[np.newaxis]}, deadline)
+        call.batch_stages(result, time.perf_counter_ns())
         version.stats.request_succeeded(time.perf_counter_ns() - started, result.queue_ns, result.batch, 0)
         version.metrics.queue_duration.observe(result.queue_ns / 1e9)
         return result.outputs[0]

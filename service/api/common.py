@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import grpc
 
+from service import tracing
+from service.batching import JobResult
 from service.errors import ServeError
 from service.metrics import Metrics
 
@@ -46,6 +48,24 @@ class Call:
     model_known: bool = True  # False: the repository has no such model
     label: str = ""
     _generated_id: str = ""
+    stages: list[tuple[str, int, int]] | None = None  # (name, start, end) perf_counter ns; only when tracing
+
+    def stage(self, name: str, start_ns: int, end_ns: int) -> None:
+        if tracing.enabled():
+            (self.stages if self.stages is not None else self._new_stages()).append((name, start_ns, end_ns))
+
+    def batch_stages(self, result: JobResult, done_ns: int) -> None:
+        """Queue and inference spans of a batcher result, worked back from when the result arrived (the
+        batcher's times are durations, so no two clocks are mixed)."""
+        if tracing.enabled():
+            inference_start = done_ns - result.batch.compute_infer_ns
+            queue_end = inference_start - result.batch.compute_input_ns
+            self.stage("queue", queue_end - result.queue_ns, queue_end)
+            self.stage("inference", inference_start, done_ns)
+
+    def _new_stages(self) -> list[tuple[str, int, int]]:
+        self.stages = []
+        return self.stages
 
     def __post_init__(self) -> None:
         self.label = self.metrics.model_label(self.model, self.model_known)
@@ -71,6 +91,9 @@ class Call:
         return code, message
 
     def finish(self) -> None:
+        if tracing.enabled():
+            tracing.record_request(self.api, self.model[:200], self.version, self.request_id[:200], self.code,
+                                   self.started_ns, time.perf_counter_ns(), self.stages or [])
         self.metrics.inflight_for(self.label).dec()
         self.metrics.request_done(self.label, self.version, self.api, self.code, self.elapsed_ns / 1e9)
         if access_log.isEnabledFor(logging.INFO):

@@ -161,6 +161,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs = decode_request(request, version, self.server.max_elements)
             result = await version.infer(inputs, deadline)
             output_started = time.perf_counter_ns()
+            call.batch_stages(result, output_started)
             response = encode_response(request, version, wanted, result.outputs)
             output_ns = time.perf_counter_ns() - output_started
         except BaseException:
