@@ -26,6 +26,7 @@ import numpy as np
 from service.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 
 Clock = Callable[[], int]  # monotonic nanoseconds
+TIMER_RESOLUTION_NS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +196,13 @@ class Batcher:
             if full or not policy.dynamic or wait_ns <= 0 or self._closed:
                 return self._take(jobs)
             self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout=wait_ns / 1e9)
+            if wait_ns > TIMER_RESOLUTION_NS:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), timeout=(wait_ns - TIMER_RESOLUTION_NS) / 1e9)
+            else:
+                # The event loop's timers round up to whole milliseconds (epoll), which would stretch a
+                # 100 us delay to 1 ms; for the last stretch, yield to the loop and look again instead.
+                await asyncio.sleep(0)
 
     def _candidates(self) -> tuple[list[Job], bool]:
         """The jobs the next batch would hold, and whether it should go now (max or preferred size)."""

@@ -56,8 +56,7 @@ def test_config_yaml_follows_the_contract() -> None:
     config = yaml.safe_load((MODEL_DIR / "config.yaml").read_text())
     assert config["max_batch_size"] == 64
     assert config["dynamic_batching"] == {
-        "max_queue_delay_microseconds": 500,
-        "preferred_batch_size": [16, 32],
+        "max_queue_delay_microseconds": 0,
         "max_queue_size": 1024,
     }
     assert config["instance_group"] == {"count": 1}

@@ -20,9 +20,10 @@ REPRODUCE_COMMAND = "python -m training.train_mnist --data ../shared/data/mnist 
 CONFIG_YAML = """\
 # Serving settings for the bundled MNIST CNN (written by training/train_mnist.py).
 max_batch_size: 64
+# No added delay: one run takes ~0.1 ms, so requests that arrive while a batch runs form the next one, and
+# waiting for company would only leave the model idle (measured in docs/benchmarks.md).
 dynamic_batching:
-  max_queue_delay_microseconds: 500
-  preferred_batch_size: [16, 32]
+  max_queue_delay_microseconds: 0
   max_queue_size: 1024
 instance_group: {count: 1}
 labels: labels.txt
