@@ -225,6 +225,19 @@ def _mnist_sections(doc: Doc, chart: Path, root: Path) -> None:
     ]
     doc.table(["", *(f"c={c}" for c in (1, 8, 32, 64))],
               [[name, *(_n(fn(c), 2) for c in (1, 8, 32, 64))] for name, fn in comparisons])
+    cpu_rows = []
+    for key, label in MNIST_SERIES:
+        level = doc.level(key, 32)
+        if level and level.get("server_cpu_us_per_request") is not None:
+            cpu_rows.append([label, _n(level["items_per_s"]), _n(level["server_cpu_us_per_request"]),
+                             f"{level['server_cpu']:.0%}", _n(level["client_cpu_us_per_request"]),
+                             f"{level['client_cpu']:.0%}"])
+    if cpu_rows:
+        doc.add("### CPU per request at c=32", "",
+                "CPU seconds (user + system, whole process tree) per answered request; steadier than throughput on "
+                "a shared machine. The do-nothing server's figure is the gRPC + Python floor; onnx-serve's extra is "
+                "the model's compute plus our request path.", "")
+        doc.table(["server", "req/s", "server us/req", "server CPU", "client us/req", "client CPU"], cpu_rows)
     run = state.runs.get("onnx-serve")
     if run:
         doc.add("### Where the time goes (onnx-serve, batching on)", "",
@@ -280,7 +293,11 @@ def _details(doc: Doc) -> None:
         doc.table(["c", "images/s", "p50 ms", "p99 ms"],
                   [[str(lv["concurrency"]), _n(lv["items_per_s"]), f"{lv['latency_ms']['p50']:.2f}",
                     f"{lv['latency_ms']['p99']:.2f}"] for lv in classify["levels"]])
-    notes = [f"- {key}: {note}" for key, run in state.runs.items() for note in run.get("notes", [])]
+    from service.bench.report import notes_for
+
+    cpus = state.settings["machine"]["cpu_quota"]  # notes again: with --repeat, the levels are each the best pass
+    _profile_section(doc)
+    notes = [f"- {key}: {note}" for key, run in state.runs.items() for note in notes_for(run["levels"], cpus)]
     notes += [f"- skipped: {item}" for item in state.skipped]
     if notes:
         doc.add("## Notes from this run", "", *notes, "")
@@ -288,3 +305,27 @@ def _details(doc: Doc) -> None:
             "```")
     doc.add(*(raw["command"] for raw in state.raw.values()))
     doc.add(*(run["command"] for run in state.runs.values()), "```", "")
+
+
+def _profile_section(doc: Doc) -> None:
+    profiles = getattr(doc.state, "profiles", None) or {}
+    if not profiles:
+        return
+    first = next(iter(profiles.values()))
+    doc.add(f"## Profile: onnx-serve at c={first['concurrency']} (py-spy)", "",
+            f"`py-spy record --threads --nonblocking` on the server and on the bench client for {first['seconds']} s "
+            "(raw stacks in `bench-results/profile-*.txt`). Shares are of the samples in which a thread was running "
+            "Python or native code. Self time in `Handle._run (asyncio/events.py)` is native code called from an "
+            "event-loop callback: grpc.aio's Cython core (HTTP/2, completion queue, message (de)serialization).", "")
+    for name, profile in profiles.items():
+        if not profile.get("samples"):
+            continue
+        threads = ", ".join(f"{thread} {share:.0f}%" for thread, share in profile["threads"].items())
+        doc.add(f"**{name}** ({profile['samples']} samples): {threads}.", "")
+        rows = []
+        for index in range(max(len(profile["self"]), len(profile["inclusive"]))):
+            own = profile["self"][index] if index < len(profile["self"]) else ("", None)
+            incl = profile["inclusive"][index] if index < len(profile["inclusive"]) else ("", None)
+            rows.append([f"`{own[0]}`" if own[0] else "", _n(own[1], 1), f"`{incl[0]}`" if incl[0] else "",
+                         _n(incl[1], 1)])
+        doc.table(["event-loop thread: self", "%", "inclusive (beyond the loop itself)", "%"], rows)

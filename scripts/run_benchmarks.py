@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_profile  # noqa: E402
 from bench_models import mnist_model_dir, peer_models, repository_variant, resnet_model_dir  # noqa: E402
 from benchmarks_doc import machine_info, render  # noqa: E402
 
@@ -70,6 +71,7 @@ class Runs:
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)
     servers: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -257,6 +259,41 @@ def measure_mnist(session: Session, work: Path) -> None:
             session.serve(server_key, start, benches)
     session.serve("onnx-serve", lambda: start_onnx_serve("onnx-serve", on, model, logs),
                   [("onnx-serve-classify", model, (1, 32), ["--api", "classify"])])
+    if not options.skip_profile:
+        profile_onnx_serve(session, on, model)
+
+
+def profile_onnx_serve(session: Session, repository: Path, model: str, concurrency: int = 32, seconds: int = 5
+                       ) -> None:
+    """py-spy samples of the server and of the client while the client holds `concurrency` requests in flight."""
+    if bench_profile.py_spy() is None:
+        session.state.skipped.append("profile: py-spy is not installed (pip install py-spy)")
+        return
+    server = start_onnx_serve("onnx-serve-profiled", repository, model, session.logs)
+    warmup = 2.0
+    try:
+        client = subprocess.Popen([sys.executable, "-m", "service.cli", "bench", "--url", server.url, "--model", model,
+                                   "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration",
+                                   str(seconds + 3), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        time.sleep(warmup + 0.5)
+        targets = {"server": server.process.pid, "client": client.pid}
+        for name in targets:
+            (session.results / f"profile-{name}.txt").unlink(missing_ok=True)
+        recorders = [bench_profile.start_recording(pid, seconds, session.results / f"profile-{name}.txt")
+                     for name, pid in targets.items()]
+        for recorder in recorders:
+            if recorder is not None:
+                recorder.wait()
+        client.wait()
+    finally:
+        server.stop()
+    for name in targets:
+        raw = session.results / f"profile-{name}.txt"
+        if raw.exists():
+            session.state.profiles[name] = {"concurrency": concurrency, "seconds": seconds,
+                                            **bench_profile.summarize(raw)}
+        else:
+            session.state.skipped.append(f"profile of the {name}: py-spy recorded nothing (ptrace not permitted?)")
 
 
 def measure_resnet(session: Session, work: Path) -> None:
@@ -293,11 +330,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short durations: a smoke run of every step")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument("--skip-profile", action="store_true", help="no py-spy profile of onnx-serve at c=32")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--results", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--work", type=Path, default=Path("/tmp/onnx-serve-bench"),
                         help="scratch space: model repositories, peer model links, peer run dirs")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the report from the last run's bench-results/summary.json, measuring nothing")
     options = parser.parse_args(argv)
+    chart = options.out.with_suffix(".png")
+    if options.render_only:
+        state = Runs(**json.loads((options.results / "summary.json").read_text()))
+        options.out.write_text(render(state, chart, ROOT))
+        print(f"wrote {options.out} and {chart} from {options.results / 'summary.json'}")
+        return 0
     if options.quick:
         options.duration, options.warmup, options.window = 2.0, 0.5, 0.5
         options.raw_duration, options.resnet_duration, options.repeat = 0.5, 3.0, 1
@@ -320,7 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     state.settings["elapsed_s"] = round(time.monotonic() - started)
     state.settings["machine"] = machine_info()
     (options.results / "summary.json").write_text(json.dumps(state.__dict__, indent=2, default=str) + "\n")
-    chart = options.out.with_suffix(".png")
     options.out.write_text(render(state, chart, ROOT))
     print(f"wrote {options.out} and {chart} in {state.settings['elapsed_s']} s", flush=True)
     return 0
