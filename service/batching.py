@@ -132,8 +132,8 @@ class Batcher:
             deadline_ns = timeout_at if deadline_ns is None else min(deadline_ns, timeout_at)
         if policy.max_queue_size and len(self._queue) >= policy.max_queue_size:
             raise ResourceExhausted(f"the model's queue is full ({policy.max_queue_size} requests waiting)")
-        key = tuple((name, a.dtype.str, a.shape[1:] if policy.max_batch_size else a.shape)
-                    for name, a in sorted(inputs.items()))
+        key = tuple((name, a.dtype.char, a.shape[1:] if policy.max_batch_size else a.shape)
+                    for name, a in inputs.items())
         job = Job(inputs, size, key, now, deadline_ns, asyncio.get_running_loop().create_future())
         self._queue.append(job)
         self._observer.queue_depth_changed(len(self._queue))

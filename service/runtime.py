@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,13 @@ class SessionPlan:
 class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Lookups the request path needs, built once per model version instead of per request.
+    input_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
+    output_index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_by_name", {spec.name: spec for spec in self.inputs})
+        object.__setattr__(self, "output_index", {spec.name: i for i, spec in enumerate(self.outputs)})
 
     def has_batch_axis(self) -> bool:
         """Every input and output has a dynamic first axis: requests can be stacked along it."""

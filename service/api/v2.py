@@ -195,7 +195,7 @@ def _parameter_deadline(request: Any, deadline: int | None) -> int | None:
 
 
 def decode_request(request: Any, version: ModelVersion, max_elements: int) -> dict[str, np.ndarray]:
-    specs = {spec.name: spec for spec in version.signature.inputs}
+    specs = version.signature.input_by_name
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
@@ -216,7 +216,7 @@ def decode_request(request: Any, version: ModelVersion, max_elements: int) -> di
 
 def requested_outputs(request: Any, version: ModelVersion) -> list[int]:
     """Indexes (in the model's output order) of the outputs to answer: the requested ones, or all."""
-    index = {spec.name: i for i, spec in enumerate(version.signature.outputs)}
+    index = version.signature.output_index
     if not request.outputs:
         return list(index.values())
     wanted = []
