@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -231,6 +232,8 @@ def measure_mnist(session: Session, work: Path) -> None:
     source, bundled = mnist_model_dir(work)
     state.settings["mnist_source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
     state.settings["mnist_bundled"] = bundled
+    config = yaml.safe_load((source / "config.yaml").read_text()) if (source / "config.yaml").exists() else {}
+    state.settings["mnist_batching"] = config.get("dynamic_batching") or {}
     model = "mnist-cnn"
     state.raw["mnist"] = run_raw(session.results, "raw-mnist", source, (1, 2, 4, 8, 16, 32, 64), options.raw_duration)
     on = repository_variant(source, work, "mnist-batching-on", model, batching=True)
