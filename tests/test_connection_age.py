@@ -83,3 +83,20 @@ def test_without_an_age_one_connection_serves_everything(tmp_path: Path) -> None
             while time.monotonic() < deadline:
                 client.infer("add", inputs)
         assert accepted[0] == 1
+
+
+def test_round_robin_spreads_requests_over_replicas_by_their_metrics(tmp_path: Path) -> None:
+    """Two server processes, as two pods behind a headless Service; our client with a round_robin target over
+    both addresses. Each process's own /metrics shows it served about half of the requests."""
+    from service.client import Client
+    from tests.test_metrics import value
+
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    with running_server(tmp_path) as first, running_server(tmp_path) as second:
+        target = f"ipv4:127.0.0.1:{first.grpc_port},127.0.0.1:{second.grpc_port}"
+        with Client(target, timeout=10) as client:
+            for _ in range(40):
+                client.infer("add", {"a": np.zeros((1, 4), np.float32), "b": np.ones((1, 4), np.float32)})
+        counts = [value(s.scrape(), "onnx_serve_requests_total", model="add", code="OK") for s in (first, second)]
+    assert sum(counts) == 40
+    assert min(counts) >= 15, counts  # round robin alternates once both connections are up
