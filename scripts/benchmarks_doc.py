@@ -185,7 +185,10 @@ def render(state: Any, chart: Path, root: Path) -> str:
         ["onnx-serve", machine["onnx_serve"]],
         ["versions", f"Python {machine['python']}, onnxruntime {machine['onnxruntime']}, grpcio {machine['grpcio']}, "
                      f"protobuf {machine['protobuf']}, numpy {machine['numpy']}"],
-        ["peers", ", ".join(f"{k} {v}" for k, v in machine["peers"].items())]])
+        ["peers", ", ".join(f"{k} {v}" for k, v in machine["peers"].items())],
+        *([["load average (1 min)", "at start {}, at end {} (other work on the machine lowers every figure; "
+            "compare the do-nothing server with its README numbers)".format(*machine["load_average"])]]
+          if machine.get("load_average") else [])])
     doc.add("## Targets (issue #4)", "")
     doc.table(["target", "measured", "met"], _targets(doc))
     _mnist_sections(doc, chart, root)

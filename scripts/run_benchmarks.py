@@ -84,6 +84,7 @@ def free_port() -> int:
 def wait_ready(url: str, model: str, process: subprocess.Popen[bytes], timeout: float) -> float:
     """Seconds until ModelMetadata answers for `model` (the first moment a client could use it)."""
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     request = pb.ModelMetadataRequest(name=model)
     with grpc.insecure_channel(url) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
@@ -105,6 +106,7 @@ def launch(name: str, command: Sequence[str], port: int, model: str, logs: Path,
     log = logs / f"{name}.log"
     with log.open("wb") as sink:
         started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
         process = subprocess.Popen(list(command), stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
     url = f"127.0.0.1:{port}"
@@ -355,6 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.mkdir(exist_ok=True)
     options.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     state = Runs(settings={"duration_s": options.duration, "warmup_s": options.warmup, "window_s": options.window,
                            "raw_duration_s": options.raw_duration, "resnet_duration_s": options.resnet_duration,
                            "repeat": options.repeat, "quick": options.quick,
@@ -368,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure_resnet(session, options.work)
     state.settings["elapsed_s"] = round(time.monotonic() - started)
     state.settings["machine"] = machine_info()
+    state.settings["machine"]["load_average"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     (options.results / "summary.json").write_text(json.dumps(state.__dict__, indent=2, default=str) + "\n")
     options.out.write_text(render(state, chart, ROOT))
     print(f"wrote {options.out} and {chart} in {state.settings['elapsed_s']} s", flush=True)
