@@ -84,7 +84,6 @@ def free_port() -> int:
 def wait_ready(url: str, model: str, process: subprocess.Popen[bytes], timeout: float) -> float:
     """Seconds until ModelMetadata answers for `model` (the first moment a client could use it)."""
     started = time.monotonic()
-    load_at_start = os.getloadavg()[0]
     request = pb.ModelMetadataRequest(name=model)
     with grpc.insecure_channel(url) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
@@ -106,7 +105,6 @@ def launch(name: str, command: Sequence[str], port: int, model: str, logs: Path,
     log = logs / f"{name}.log"
     with log.open("wb") as sink:
         started = time.monotonic()
-    load_at_start = os.getloadavg()[0]
         process = subprocess.Popen(list(command), stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
     url = f"127.0.0.1:{port}"
