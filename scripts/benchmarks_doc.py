@@ -191,6 +191,9 @@ def render(state: Any, chart: Path, root: Path) -> str:
           if machine.get("load_average") else [])])
     doc.add("## Targets (issue #4)", "")
     doc.table(["target", "measured", "met"], _targets(doc))
+    analysis = root / "docs" / "benchmarks-analysis.md"
+    if analysis.exists():  # hand-written: why a missed target is missed, with the evidence to look at
+        doc.add("", analysis.read_text().rstrip(), "")
     _mnist_sections(doc, chart, root)
     _resnet_section(doc)
     _details(doc)
