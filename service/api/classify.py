@@ -33,8 +33,7 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
         self.pool = ThreadPoolExecutor(max_workers=max(2, int(cpu_quota())), thread_name_prefix="preprocess")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
-        call = Call(self.server.metrics, "classify", request.model_name, request.id,
-                    model_known=request.model_name in self.server.repository.models)
+        call = self.server.call("classify", request)
         try:
             return await self._classify(request, call, deadline_ns(context))
         except Exception as exc:
@@ -46,8 +45,7 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
     async def ClassifyStream(self, request_iterator: AsyncIterator[Any], context: Any
                              ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         async def answer(request: Any) -> pb.ClassifyStreamResponse:
-            call = Call(self.server.metrics, "classify", request.model_name, request.id,
-                        model_known=request.model_name in self.server.repository.models)
+            call = self.server.call("classify", request)
             try:
                 return pb.ClassifyStreamResponse(response=await self._classify(request, call, None))
             except Exception as exc:

@@ -40,6 +40,11 @@ class Server:
     def ready(self) -> bool:
         return self.started and not self.draining and self.repository.all_ready()
 
+    def call(self, api: str, request: Any) -> Call:
+        """Starts the accounting of one request naming `request.model_name` (see Call)."""
+        return Call(self.metrics, api, request.model_name, request.id,
+                    model_known=request.model_name in self.repository.models)
+
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, server: Server) -> None:
@@ -125,8 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        call = Call(self.server.metrics, "infer", request.model_name, request.id,
-                    model_known=request.model_name in self.repository.models)
+        call = self.server.call("infer", request)
         try:
             return await self._infer(request, call, deadline_ns(context))
         except Exception as exc:
@@ -138,8 +142,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async def answer(request: Any) -> pb.ModelStreamInferResponse:
-            call = Call(self.server.metrics, "stream", request.model_name, request.id,
-                        model_known=request.model_name in self.repository.models)
+            call = self.server.call("stream", request)
             try:
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request, call, None))
             except Exception as exc:
