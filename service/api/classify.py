@@ -34,26 +34,21 @@ class ClassifyServicer(pb_grpc.ImageClassifierServicer):
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         call = self.server.call("classify", request)
-        try:
-            return await self._classify(request, call, deadline_ns(context))
-        except Exception as exc:
-            code, message = call.failed(exc)
-            await context.abort(code, message)
-        finally:
-            call.finish()
+        return await call.answer_unary(self._classify(request, call, deadline_ns(context)), context)
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[Any], context: Any
                              ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         async def answer(request: Any) -> pb.ClassifyStreamResponse:
             call = self.server.call("classify", request)
-            try:
+
+            async def work() -> pb.ClassifyStreamResponse:
                 return pb.ClassifyStreamResponse(response=await self._classify(request, call, None))
-            except Exception as exc:
-                code, message = call.failed(exc)
+
+            def failure(code: grpc.StatusCode, message: str) -> pb.ClassifyStreamResponse:
                 failed = pb.ClassifyResponse(model_name=request.model_name, id=request.id)
                 return pb.ClassifyStreamResponse(error_message=message, error_code=code.name, response=failed)
-            finally:
-                call.finish()
+
+            return await call.answer_message(work(), failure)
 
         async for response in answer_concurrently(request_iterator, answer, STREAM_MAX_INFLIGHT):
             yield response

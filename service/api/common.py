@@ -90,6 +90,26 @@ class Call:
         self.code = code.name
         return code, message
 
+    async def answer_unary(self, work: Awaitable[Resp], context: grpc.aio.ServicerContext) -> Resp:
+        """Answers a unary RPC with `work`'s result, or aborts it with the failure's status; finishes the call."""
+        try:
+            return await work
+        except Exception as exc:
+            await context.abort(*self.failed(exc))
+            raise  # not reached: abort raises
+        finally:
+            self.finish()
+
+    async def answer_message(self, work: Awaitable[Resp], failure: Callable[[grpc.StatusCode, str], Resp]) -> Resp:
+        """Answers one stream message with `work`'s result, or with `failure(code, message)`, so the stream stays
+        open; finishes the call."""
+        try:
+            return await work
+        except Exception as exc:
+            return failure(*self.failed(exc))
+        finally:
+            self.finish()
+
     def finish(self) -> None:
         if tracing.enabled():
             tracing.record_request(self.api, self.model[:200], self.version, self.request_id[:200], self.code,

@@ -131,26 +131,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         call = self.server.call("infer", request)
-        try:
-            return await self._infer(request, call, deadline_ns(context))
-        except Exception as exc:
-            code, message = call.failed(exc)
-            await context.abort(code, message)
-        finally:
-            call.finish()
+        return await call.answer_unary(self._infer(request, call, deadline_ns(context)), context)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[Any], context: Any
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async def answer(request: Any) -> pb.ModelStreamInferResponse:
             call = self.server.call("stream", request)
-            try:
+
+            async def work() -> pb.ModelStreamInferResponse:
                 return pb.ModelStreamInferResponse(infer_response=await self._infer(request, call, None))
-            except Exception as exc:
-                _, message = call.failed(exc)
+
+            def failure(code: grpc.StatusCode, message: str) -> pb.ModelStreamInferResponse:
                 failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
                 return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
-            finally:
-                call.finish()
+
+            return await call.answer_message(work(), failure)
 
         async for response in answer_concurrently(request_iterator, answer, STREAM_MAX_INFLIGHT):
             yield response
