@@ -234,8 +234,8 @@ class Repository:
         version.max_batch_size = _max_batch_size(version)
         if config.labels:
             version.labels = load_labels(version.path.parent.parent / config.labels)
-        if config.preprocess is not None and len(version.signature.inputs) != 1:
-            raise ConfigError(f"{version.path}: preprocess needs a model with exactly one input")
+        if config.preprocess is not None:
+            _check_preprocess_fits(version)
         feeds = warmup_feeds(version.signature)
         for session in sessions:
             try:
@@ -287,6 +287,19 @@ class Repository:
 
     def all_ready(self) -> bool:
         return bool(self.models) and all(m.state is State.READY for m in self.models.values())
+
+
+def _check_preprocess_fits(version: ModelVersion) -> None:
+    """A Classify sample must fit the model's one input; checked once here, not on every image."""
+    preprocess = version.config.preprocess
+    assert preprocess is not None
+    if len(version.signature.inputs) != 1:
+        raise ConfigError(f"{version.path}: preprocess needs a model with exactly one input")
+    spec = version.signature.inputs[0]
+    shape = (1, *preprocess.output_shape)
+    if not spec.accepts_shape(shape) or spec.datatype != preprocess.dtype:
+        raise ConfigError(f"{version.path}: preprocess gives {preprocess.dtype} {list(shape)}, which the model's "
+                          f"input '{spec.name}' ({spec.datatype} {list(spec.shape)}) does not accept")
 
 
 def _max_batch_size(version: ModelVersion) -> int:

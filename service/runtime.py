@@ -59,12 +59,6 @@ class Signature:
         return bool(tensors) and all(t.shape and t.shape[0] < 0 for t in tensors)
 
 
-@dataclass(frozen=True, slots=True)
-class RunTiming:
-    compute_input_ns: int
-    compute_infer_ns: int
-
-
 def _spec(node: ort.NodeArg) -> TensorSpec:
     dt = BY_ONNX_TYPE.get(node.type)
     if dt is None:

@@ -109,3 +109,16 @@ def test_strict_providers_fail_only_that_model_until_fixed(tmp_path: Path) -> No
         config.write_text("execution_providers: [cpu]\n")
         client.load_model("accelerated")
         assert add_ok(client, "accelerated") and client.is_server_ready()
+
+
+def test_a_preprocess_config_that_does_not_fit_the_model_fails_at_load(tmp_path: Path) -> None:
+    from tests.serving import conv_classifier_model
+
+    conv_classifier_model(tmp_path / "conv" / "1" / "model.onnx", size=8)
+    (tmp_path / "conv" / "config.yaml").write_text("preprocess: {color_mode: L, width: 28, height: 28}\n")
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    with running_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["conv"].state == "UNAVAILABLE"
+        assert "preprocess gives FP32 [1, 1, 28, 28]" in index["conv"].reason
+        assert add_ok(client)

@@ -112,10 +112,5 @@ def _prepare(version: ModelVersion, image: Any) -> np.ndarray:
         decoded = image_from_pixels(p.data, p.width, p.height, p.channels, limits)
     else:
         raise InvalidArgument("neither encoded bytes nor raw pixels given")
-    assert config.preprocess is not None
-    tensor = preprocess(decoded, config.preprocess)
-    spec = version.signature.inputs[0]
-    if not spec.accepts_shape((1, *tensor.shape)):
-        raise InvalidArgument(f"preprocessing gives shape {list(tensor.shape)}, which the model's input "
-                              f"{list(spec.shape)} does not accept: check the model's preprocess config")
-    return tensor
+    assert config.preprocess is not None  # its fit to the model's input was checked at load
+    return preprocess(decoded, config.preprocess)
