@@ -4,9 +4,10 @@ inference_count counts samples, execution_count counts batches run."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from service.batching import BatchTiming
 
@@ -63,3 +64,12 @@ class ModelStats:
     def request_failed(self, total_ns: int) -> None:
         with self._lock:
             self.fail.add(total_ns)
+
+    def snapshot(self) -> ModelStats:
+        """A consistent copy, taken under the lock, for reporting while requests keep counting."""
+        with self._lock:
+            return replace(self, batches=copy.deepcopy(self.batches), _lock=threading.Lock(),
+                           **{name: replace(getattr(self, name)) for name in DURATION_FIELDS})
+
+
+DURATION_FIELDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")

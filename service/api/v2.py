@@ -18,6 +18,7 @@ from service.metrics import Metrics
 from service.protos.inference import grpc_service_pb2 as pb
 from service.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from service.repository import ModelVersion, Repository, State
+from service.stats import DURATION_FIELDS, Duration
 
 EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics", "model_configuration",
               "schedule_policy", "binary_tensor_data")
@@ -242,20 +243,18 @@ def encode_response(request: Any, version: ModelVersion, wanted: list[int], outp
 
 
 def _fill_statistics(out: Any, version: ModelVersion) -> None:
-    stats = version.stats
+    stats = version.stats.snapshot()
     out.name, out.version = version.name, str(version.version)
-    with stats._lock:
-        out.last_inference = stats.last_inference_ms
-        out.inference_count = stats.inference_count
-        out.execution_count = stats.execution_count
-        s = out.inference_stats
-        for field_name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
-            duration = getattr(stats, field_name)
-            target = getattr(s, field_name)
-            target.count, target.ns = duration.count, duration.ns
-        for size, durations in sorted(stats.batches.items()):
-            b = out.batch_stats.add(batch_size=size)
-            for field_name in ("compute_input", "compute_infer", "compute_output"):
-                duration = getattr(durations, field_name)
-                target = getattr(b, field_name)
-                target.count, target.ns = duration.count, duration.ns
+    out.last_inference = stats.last_inference_ms
+    out.inference_count = stats.inference_count
+    out.execution_count = stats.execution_count
+    for field_name in DURATION_FIELDS:
+        _copy_duration(getattr(stats, field_name), getattr(out.inference_stats, field_name))
+    for size, durations in sorted(stats.batches.items()):
+        batch = out.batch_stats.add(batch_size=size)
+        for field_name in ("compute_input", "compute_infer", "compute_output"):
+            _copy_duration(getattr(durations, field_name), getattr(batch, field_name))
+
+
+def _copy_duration(duration: Duration, target: Any) -> None:
+    target.count, target.ns = duration.count, duration.ns
