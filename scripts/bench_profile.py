@@ -14,8 +14,9 @@ from typing import Any
 # Frames that are only plumbing around the code that does the work.
 _PLUMBING = ("<module>", "_run_code", "_run_module_as_main", "run (asyncio/runners.py", "Runner.run",
              "run_until_complete", "run_forever", "_run_once", "Handle._run", "Thread._bootstrap",
-             "Thread.run (threading.py", "main (service/cli", "serve (service/cli", "run_server (service/workers",
-             "sweep (service/bench/cli", "run_bench (service/bench/cli", "asyncio/runners.py")
+             "Thread.run (threading.py", "main (onnx_serve/cli", "serve (onnx_serve/cli",
+             "run_server (onnx_serve/workers", "sweep (onnx_serve/bench/cli", "run_bench (onnx_serve/bench/cli",
+             "asyncio/runners.py")
 
 
 def py_spy() -> str | None:

@@ -33,9 +33,8 @@ def machine_info() -> dict[str, Any]:
     import grpc
     import numpy
     import onnxruntime
-
-    from service import __version__
-    from service.config import cpu_quota
+    from onnx_serve import __version__
+    from onnx_serve.core.settings import cpu_quota
 
     cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                       if line.startswith("model name")), platform.processor())
@@ -218,7 +217,7 @@ def _mnist_sections(doc: Doc, chart: Path, root: Path) -> None:
                      f"({one['latency_ms']['p50']:.2f})", "", "", "", "", ""])
     doc.table(["server", "c=1", "c=8", "c=32", "c=64", "start-up s", "RSS MiB"], rows)
     try:
-        from service.bench.report import plot_series
+        from onnx_serve.bench.report import plot_series
 
         series = [(label, state.runs[key]["levels"]) for key, label in MNIST_SERIES
                   if key in state.runs and key != "onnx-serve-classify"]  # V2 tensors only: same work per item
@@ -307,7 +306,7 @@ def _details(doc: Doc) -> None:
         doc.table(["c", "images/s", "p50 ms", "p99 ms"],
                   [[str(lv["concurrency"]), _n(lv["items_per_s"]), f"{lv['latency_ms']['p50']:.2f}",
                     f"{lv['latency_ms']['p99']:.2f}"] for lv in classify["levels"]])
-    from service.bench.report import notes_for
+    from onnx_serve.bench.report import notes_for
 
     cpus = state.settings["machine"]["cpu_quota"]  # notes again: with --repeat, the levels are each the best pass
     _profile_section(doc)

@@ -67,7 +67,7 @@ cd "$work"
 step "onnx-serve --help"
 onnx-serve --help >"$work/help.txt"
 head -n 3 "$work/help.txt"
-python -c 'import service, sys; assert service.__file__.startswith(sys.prefix), service.__file__'
+python -c 'import onnx_serve, sys; assert onnx_serve.__file__.startswith(sys.prefix), onnx_serve.__file__'
 
 step "onnx-serve serve (bundled models, free ports)"
 # The image points the server at its models with this variable (Dockerfile ENV).

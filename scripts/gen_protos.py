@@ -1,12 +1,12 @@
-"""Regenerate the Python stubs in service/protos/ from protos/*.proto.
+"""Regenerate the Python stubs in service/onnx_serve/protos/ from protos/*.proto.
 
-    python scripts/gen_protos.py            # rewrite service/protos/
+    python scripts/gen_protos.py            # rewrite service/onnx_serve/protos/
     python scripts/gen_protos.py --check    # exit 1 if the committed stubs are stale
 
 Two rewrites follow protoc:
-- imports become package-relative (`from service.protos.inference import ...`), so the stubs live
+- imports become package-relative (`from onnx_serve.protos.inference import ...`), so the stubs live
   inside our package instead of on sys.path;
-- descriptors go into a private pool (service.protos.POOL) instead of protobuf's default pool.
+- descriptors go into a private pool (onnx_serve.protos.POOL) instead of protobuf's default pool.
   tritonclient and KServe's client register the same `inference.*` names in the default pool, and a
   process that loads two different files with one symbol fails ("duplicate symbol"). A private pool
   lets our client, tritonclient and KServe live in one process; the wire format is unaffected.
@@ -26,7 +26,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
-OUT_DIR = ROOT / "service" / "protos"
+OUT_DIR = ROOT / "service" / "onnx_serve" / "protos"
 PACKAGES = ("inference", "onnxserve")
 
 POOL_INIT = '''"""Generated protobuf stubs (see scripts/gen_protos.py). Do not edit."""
@@ -48,8 +48,8 @@ def generate(out: Path) -> None:
     for path in out.rglob("*.py*"):
         if path.name == "__init__.py":
             continue
-        text = import_re.sub(r"from service.protos.\1\2 import", path.read_text())
-        text = text.replace("_descriptor_pool.Default()", "__import__('service.protos').protos.POOL")
+        text = import_re.sub(r"from onnx_serve.protos.\1\2 import", path.read_text())
+        text = text.replace("_descriptor_pool.Default()", "__import__('onnx_serve.protos').protos.POOL")
         path.write_text(text)
     for package_dir in [d for d in out.rglob("*") if d.is_dir()]:
         (package_dir / "__init__.py").touch()
@@ -77,9 +77,9 @@ def main() -> int:
         generate(fresh)
         if args.check:
             if same_tree(fresh, OUT_DIR):
-                print("service/protos is current")
+                print("service/onnx_serve/protos is current")
                 return 0
-            print("service/protos is stale: run python scripts/gen_protos.py", file=sys.stderr)
+            print("service/onnx_serve/protos is stale: run python scripts/gen_protos.py", file=sys.stderr)
             return 1
         shutil.rmtree(OUT_DIR, ignore_errors=True)
         shutil.copytree(fresh, OUT_DIR)

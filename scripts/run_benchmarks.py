@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_profile  # noqa: E402
 from bench_models import mnist_model_dir, peer_models, repository_variant, resnet_model_dir  # noqa: E402
 from benchmarks_doc import machine_info, render  # noqa: E402
-
-from service.protos.inference import grpc_service_pb2 as pb  # noqa: E402
+from onnx_serve.protos.inference import grpc_service_pb2 as pb  # noqa: E402
 
 PEERS = Path(os.environ.get("ONNX_SERVE_PEERS", ROOT.parent / "shared" / "peers"))
 MNIST_LEVELS = (1, 8, 32, 64)
@@ -118,7 +117,7 @@ def launch(name: str, command: Sequence[str], port: int, model: str, logs: Path,
 
 def start_onnx_serve(name: str, repository: Path, model: str, logs: Path, workers: int = 1) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--model-repository", str(repository),
+    command = [sys.executable, "-m", "onnx_serve", "serve", "--model-repository", str(repository),
                "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", "--workers", str(workers),
                "--execution-providers", "cpu", "--grace-period", "1"]
     return launch(name, command, port, model, logs, timeout=60)
@@ -144,7 +143,7 @@ def run_bench(results: Path, key: str, server: Server, model: str, levels: Seque
     shown = "onnx-serve " + " ".join(a if a != server.url else "$URL" for a in args)
     shown += f" --json {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
     print(f"== {key}: {shown}", flush=True)
-    completed = subprocess.run([sys.executable, "-m", "service.cli", *args, "--json", str(out), "--server-pid",
+    completed = subprocess.run([sys.executable, "-m", "onnx_serve", *args, "--json", str(out), "--server-pid",
                                 str(server.process.pid), "--no-progress"], cwd=ROOT, text=True, capture_output=True)
     print(completed.stdout, end="", flush=True)
     if completed.returncode not in (0, 1) or not out.exists():
@@ -160,7 +159,7 @@ def run_raw(results: Path, key: str, model_dir: Path, batch_sizes: Sequence[int]
     args = ["bench", "--raw", str(model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir),
             "--batch-sizes", ",".join(map(str, batch_sizes)), "--duration", str(duration), "--warmup", "0.5"]
     print(f"== {key}: onnx-serve {' '.join(args)}", flush=True)
-    completed = subprocess.run([sys.executable, "-m", "service.cli", *args, "--json", str(out), "--no-progress"],
+    completed = subprocess.run([sys.executable, "-m", "onnx_serve", *args, "--json", str(out), "--no-progress"],
                                cwd=ROOT, text=True, capture_output=True, check=True)
     print(completed.stdout, flush=True)
     document = json.loads(out.read_text())
@@ -275,7 +274,7 @@ def profile_onnx_serve(session: Session, repository: Path, model: str, concurren
     server = start_onnx_serve("onnx-serve-profiled", repository, model, session.logs)
     warmup = 2.0
     try:
-        client = subprocess.Popen([sys.executable, "-m", "service.cli", "bench", "--url", server.url, "--model", model,
+        client = subprocess.Popen([sys.executable, "-m", "onnx_serve", "bench", "--url", server.url, "--model", model,
                                    "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration",
                                    str(seconds + 3), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL)
         time.sleep(warmup + 0.5)

@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-
-from service.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 
 V2Stub = pb_grpc.GRPCInferenceServiceStub
 

@@ -1,0 +1,39 @@
+"""onnx-serve: a model server for ONNX image classifiers (KServe V2 gRPC, Classify, dynamic batching).
+
+The public surface is imported lazily, so `from onnx_serve import Client` loads the client alone, never
+onnxruntime or the server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from onnx_serve.client import AsyncClient, Client, ClientError, Prediction
+    from onnx_serve.core.settings import Settings
+
+_EXPORTS = {
+    "AsyncClient": "onnx_serve.client",
+    "Client": "onnx_serve.client",
+    "ClientError": "onnx_serve.client",
+    "Prediction": "onnx_serve.client",
+    "Settings": "onnx_serve.core.settings",
+}
+
+__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "Settings", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnx_serve' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

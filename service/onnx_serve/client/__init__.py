@@ -1,0 +1,22 @@
+"""The typed onnx-serve client (sync and asyncio) and its `onnx-serve classify` CLI. It imports nothing of the
+server, so applications install and import it without onnxruntime being loaded.
+
+    from onnx_serve import Client
+
+    with Client("127.0.0.1:8001") as client:
+        [top] = client.classify("digit.png")
+"""
+
+from onnx_serve.client.client import AsyncClient, Client
+from onnx_serve.client.messages import (
+    DEFAULT_MODEL,
+    DEFAULT_URL,
+    ClientError,
+    ModelMetadata,
+    Prediction,
+    StreamResult,
+    TensorMetadata,
+)
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_URL", "AsyncClient", "Client", "ClientError", "ModelMetadata", "Prediction",
+           "StreamResult", "TensorMetadata"]

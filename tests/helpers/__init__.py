@@ -1,0 +1,1 @@
+"""Shared test helpers: import them as tests.helpers.<module>."""
