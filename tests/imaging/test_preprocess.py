@@ -28,8 +28,7 @@ from onnx_serve.core.errors import (
     ServeError,
     Unavailable,
 )
-from onnx_serve.imaging.decode import to_standard_mode
-from onnx_serve.imaging.preprocess import (
+from onnx_serve.imaging import (
     ImageLimits,
     PostprocessConfig,
     Prediction,
@@ -42,6 +41,7 @@ from onnx_serve.imaging.preprocess import (
     parse_preprocess,
     preprocess,
     shorter_side_geometry,
+    to_standard_mode,
     top_k,
 )
 from PIL import Image, PngImagePlugin

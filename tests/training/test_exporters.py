@@ -55,8 +55,7 @@ def test_efficientnet_lite0_classifies_through_the_server_as_in_process(tmp_path
 
     from onnx_serve.client.client import Client
     from onnx_serve.core.model_config import load_model_config
-    from onnx_serve.imaging.decode import decode_image
-    from onnx_serve.imaging.preprocess import preprocess, top_k
+    from onnx_serve.imaging import decode_image, preprocess, top_k
     from PIL import Image, ImageDraw
 
     from tests.helpers.serving import running_server

@@ -14,7 +14,7 @@ import yaml
 from onnx_serve.core.errors import ConfigError
 from onnx_serve.core.schema import Section
 from onnx_serve.core.settings import provider_name
-from onnx_serve.imaging.preprocess import (
+from onnx_serve.imaging import (
     ImageLimits,
     PostprocessConfig,
     PreprocessConfig,

@@ -25,7 +25,7 @@ from onnx_serve.core.model_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUE
 from onnx_serve.core.runtime import RunnerPool, SessionPlan, Signature, create_session, signature_of, warmup_feeds
 from onnx_serve.core.settings import Settings, default_intra_op_threads
 from onnx_serve.core.stats import ModelStats
-from onnx_serve.imaging.preprocess import load_labels
+from onnx_serve.imaging import load_labels
 
 log = logging.getLogger(__name__)
 MODEL_FILENAME = "model.onnx"

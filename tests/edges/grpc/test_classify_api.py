@@ -23,8 +23,7 @@ import tritonclient.grpc as triton
 import yaml
 from onnx import TensorProto, helper
 from onnx_serve.client.client import Client, ClientError
-from onnx_serve.imaging.decode import decode_image, image_from_pixels
-from onnx_serve.imaging.preprocess import parse_limits, parse_preprocess, preprocess, top_k
+from onnx_serve.imaging import decode_image, image_from_pixels, parse_limits, parse_preprocess, preprocess, top_k
 from onnx_serve.protos.onnxserve.v1 import classify_pb2 as pb
 from onnx_serve.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 from PIL import Image, ImageDraw

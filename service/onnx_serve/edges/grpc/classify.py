@@ -18,8 +18,7 @@ from onnx_serve.core.repository import ModelVersion
 from onnx_serve.core.settings import cpu_quota
 from onnx_serve.edges.grpc.common import Call, answer_concurrently, deadline_ns
 from onnx_serve.edges.grpc.inference import Server
-from onnx_serve.imaging.decode import decode_image, image_from_pixels
-from onnx_serve.imaging.preprocess import preprocess, top_k
+from onnx_serve.imaging import decode_image, image_from_pixels, preprocess, top_k
 from onnx_serve.protos.onnxserve.v1 import classify_pb2 as pb
 from onnx_serve.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 
