@@ -1,11 +1,18 @@
-"""Server settings (flags, ONNX_SERVE_* variables) and the CPU budget they are sized against."""
+"""Server settings: the one definition of every `onnx-serve serve` setting (flag, ONNX_SERVE_* variable, default,
+help, parsing) that the CLI and the README table are generated from, and the CPU budget threads are sized to."""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_type_hints
+
+ENV_PREFIX = "ONNX_SERVE_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -16,40 +23,265 @@ PROVIDER_ALIASES = {
     "dnnl": "DnnlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+
+
 def provider_name(name: str) -> str:
     """Accepts short names (cuda, cpu) and ONNX Runtime's full names."""
     return PROVIDER_ALIASES.get(name.strip().lower(), name.strip())
 
 
+class SettingError(ValueError):
+    """Text for a setting (from a flag or a variable) that does not parse. The message is one line that names
+    the value, so that the CLI can show it as is."""
+
+
+# ---- text -> value, once per field type; a variable and a flag go through the same function ----
+
+def parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    # Rejected rather than read as false: a typo must not silently turn a feature off.
+    raise SettingError(f"invalid boolean value {text!r} (use one of {', '.join(TRUE_WORDS + FALSE_WORDS)})")
+
+
+def parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingError(f"invalid integer value {text!r}") from None
+
+
+def parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingError(f"invalid number value {text!r}") from None
+
+
+def parse_str(text: str) -> str:
+    return text.strip()
+
+
+def parse_optional_str(text: str) -> str | None:
+    """An empty value means unset: a variable cannot be set to None otherwise."""
+    return text.strip() or None
+
+
+def parse_path(text: str) -> Path:
+    if not text.strip():
+        raise SettingError("empty path")
+    return Path(text.strip())
+
+
+def parse_optional_path(text: str) -> Path | None:
+    return Path(text.strip()) if text.strip() else None
+
+
+def parse_provider_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of execution providers, short or full names."""
+    return tuple(provider_name(name) for name in text.split(",") if name.strip())
+
+
+PARSERS: dict[object, Callable[[str], Any]] = {
+    bool: parse_bool,
+    int: parse_int,
+    float: parse_float,
+    str: parse_str,
+    str | None: parse_optional_str,
+    Path: parse_path,
+    Path | None: parse_optional_path,
+}
+
+
+# ---- how a Settings field describes itself ----
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    """What a Settings field's metadata carries; SETTINGS completes it with the field's name, type and default."""
+
+    help: str
+    flag: str | None = None  # None: the field name with dashes
+    unit: str | None = None  # "seconds", "bytes": the flag's metavar and the default's unit
+    choices: tuple[str, ...] = ()
+    shown_default: str | None = None  # for defaults whose value reads badly (None meaning "same as --host")
+    parse: Callable[[str], Any] | None = None  # None: PARSERS of the field's type
+
+
+_DOC_KEY = "onnx_serve.setting"
+
+
+def setting_doc(help: str, *, flag: str | None = None, unit: str | None = None, choices: tuple[str, ...] = (),
+                shown_default: str | None = None, parse: Callable[[str], Any] | None = None) -> dict[str, SettingDoc]:
+    """The `metadata` of a Settings field (see SettingDoc)."""
+    return {_DOC_KEY: SettingDoc(help, flag, unit, choices, shown_default, parse)}
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    model_repository: Path = Path("models")
-    host: str = "0.0.0.0"
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    metrics_host: str | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    access_log: bool = False
-    grace_period_s: float = 30.0
-    workers: int = 1
-    execution_providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-    strict_providers: bool = False
-    intra_op_threads: int = 0
-    inter_op_threads: int = 0
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_connection_age_s: float = 0.0
-    max_connection_age_grace_s: float = 0.0
-    max_concurrent_streams: int = 0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    auth_token_file: Path | None = None
-    tracing: bool = False
+    """Every server setting. Each field's metadata documents it; SETTINGS, the CLI and the README table are derived
+    from here, so a new setting is one new field."""
+
+    model_repository: Path = field(default=Path("models"), metadata=setting_doc("model repository directory"))
+    host: str = field(default="0.0.0.0", metadata=setting_doc("address the gRPC server binds to"))
+    grpc_port: int = field(default=8001, metadata=setting_doc("gRPC port; 0 picks a free port (logged)"))
+    metrics_port: int = field(default=8002, metadata=setting_doc(
+        "Prometheus /metrics port; 0 picks a free port (logged), -1 disables it"))
+    metrics_host: str | None = field(default=None, metadata=setting_doc(
+        "address the metrics server binds to", shown_default="--host"))
+    log_level: str = field(default="info", metadata=setting_doc(
+        "log verbosity", choices=("debug", "info", "warning", "error")))
+    log_format: str = field(default="text", metadata=setting_doc(
+        "log line format; json writes one object per line", choices=("text", "json")))
+    access_log: bool = field(default=False, metadata=setting_doc("log one line per request at INFO"))
+    grace_period_s: float = field(default=30.0, metadata=setting_doc(
+        "time in-flight requests get to finish after SIGTERM or SIGINT", flag="grace-period", unit="seconds"))
+    workers: int = field(default=1, metadata=setting_doc(
+        "server processes sharing the port (SO_REUSEPORT), each with its own sessions"))
+    execution_providers: tuple[str, ...] = field(
+        default=("CUDAExecutionProvider", "CPUExecutionProvider"), metadata=setting_doc(
+            "ONNX Runtime execution providers in order of preference, comma-separated, for models whose config "
+            "names none: cuda, cpu, tensorrt, rocm, openvino, dnnl, coreml or full ONNX Runtime names",
+            shown_default="cuda,cpu", parse=parse_provider_names))
+    strict_providers: bool = field(default=False, metadata=setting_doc(
+        "fail a model's load instead of falling back to CPU when a requested execution provider is unavailable"))
+    intra_op_threads: int = field(default=0, metadata=setting_doc(
+        "ONNX Runtime intra-op threads per model instance; 0 sizes them to the CPU quota (cgroup limit) divided "
+        "among workers and instances"))
+    inter_op_threads: int = field(default=0, metadata=setting_doc("ONNX Runtime inter-op threads; 0 = 1"))
+    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=setting_doc(
+        "largest gRPC message accepted or sent", unit="bytes"))
+    max_connection_age_s: float = field(default=0.0, metadata=setting_doc(
+        "close client connections after this long (clients reconnect, which rebalances load after a scale-out); "
+        "0 = never", flag="max-connection-age", unit="seconds"))
+    max_connection_age_grace_s: float = field(default=0.0, metadata=setting_doc(
+        "time a connection closed for age gets to finish its RPCs", flag="max-connection-age-grace", unit="seconds"))
+    max_concurrent_streams: int = field(default=0, metadata=setting_doc(
+        "HTTP/2 streams per connection; 0 = the gRPC default"))
+    tls_cert: Path | None = field(default=None, metadata=setting_doc(
+        "PEM certificate chain: turns TLS on (plaintext is then refused)"))
+    tls_key: Path | None = field(default=None, metadata=setting_doc("PEM private key of --tls-cert"))
+    tls_client_ca: Path | None = field(default=None, metadata=setting_doc(
+        "PEM CA bundle: require and verify client certificates (mutual TLS)"))
+    auth_token_file: Path | None = field(default=None, metadata=setting_doc(
+        "file of accepted bearer tokens, one per line: every RPC but health and reflection then needs "
+        "'authorization: Bearer <token>'"))
+    tracing: bool = field(default=False, metadata=setting_doc(
+        "OpenTelemetry spans per request (queue, preprocess, inference), exported as the OTEL_* variables say; "
+        "needs the tracing extra (pip install \".[tracing]\")"))
 
     @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.host
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """One Settings field as the CLI and the docs see it."""
+
+    name: str  # the Settings field, also the argparse dest
+    value_type: object
+    default: object
+    flag: str  # without the leading dashes
+    help: str
+    unit: str | None
+    choices: tuple[str, ...]
+    shown_default: str | None
+    parser: Callable[[str], Any]
+
+    @property
+    def option(self) -> str:
+        return "--" + self.flag
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.flag.upper().replace("-", "_")
+
+    @property
+    def is_switch(self) -> bool:
+        return self.value_type is bool
+
+    def parse(self, text: str) -> Any:
+        value = self.parser(text)
+        if self.choices and value not in self.choices:
+            raise SettingError(f"invalid choice {text!r} (choose from {', '.join(self.choices)})")
+        return value
+
+    @property
+    def default_text(self) -> str:
+        """The default as --help shows it, with its unit."""
+        if self.shown_default is not None:
+            return self.shown_default
+        return _describe(self.default) + (f" {self.unit}" if self.unit else "")
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 30, not 30.0: what one would type
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _specs() -> tuple[SettingSpec, ...]:
+    hints = get_type_hints(Settings)
+    specs = []
+    for item in fields(Settings):
+        doc = item.metadata.get(_DOC_KEY)
+        if not isinstance(doc, SettingDoc):
+            raise TypeError(f"Settings.{item.name} is not declared with setting()")
+        value_type = hints[item.name]
+        parser = doc.parse or PARSERS.get(value_type)
+        if parser is None:
+            raise TypeError(f"Settings.{item.name}: no parser for {value_type}; pass setting(parse=...)")
+        specs.append(SettingSpec(
+            name=item.name, value_type=value_type, default=item.default, flag=doc.flag or item.name.replace("_", "-"),
+            help=doc.help, unit=doc.unit, choices=doc.choices, shown_default=doc.shown_default, parser=parser))
+    return tuple(specs)
+
+
+SETTINGS = _specs()
+
+
+def settings_from_sources(flags: Mapping[str, object], environ: Mapping[str, str]) -> Settings:
+    """Each setting from `flags` (already parsed, keyed by field name; None or absent: not given), else from its
+    ONNX_SERVE_* variable, else its default. Raises SettingError naming the variable of a value that does
+    not parse."""
+    values: dict[str, object] = {}
+    for spec in SETTINGS:
+        given = flags.get(spec.name)
+        text = environ.get(spec.env)
+        if given is not None:
+            values[spec.name] = given
+        elif text is not None:
+            try:
+                values[spec.name] = spec.parse(text)
+            except SettingError as error:
+                raise SettingError(f"{spec.env}: {error}") from None
+    return Settings(**values)  # type: ignore[arg-type]  # each value came from its field's own parser
+
+
+def markdown_table() -> str:
+    """The README's configuration table: flag, default and meaning of every setting."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for spec in SETTINGS:
+        meaning = spec.help + (f" ({', '.join(f'`{choice}`' for choice in spec.choices)})" if spec.choices else "")
+        rows.append(f"| `{spec.option}` | {_markdown_default(spec)} | {meaning.replace('|', '&#124;')} |")
+    return "\n".join(rows) + "\n"
+
+
+def _markdown_default(spec: SettingSpec) -> str:
+    if spec.shown_default is not None:
+        return f"`{spec.shown_default}`"
+    if spec.default is None or isinstance(spec.default, bool):
+        return _describe(spec.default)  # on, off, none: words, not values to type
+    return f"`{_describe(spec.default)}`" + (f" {spec.unit}" if spec.unit else "")
 
 
 def cpu_quota() -> float:
@@ -73,5 +305,3 @@ def cpu_quota() -> float:
 
 def default_intra_op_threads(workers: int, instances: int) -> int:
     return max(1, math.floor(cpu_quota() / max(1, workers * instances)))
-
-
