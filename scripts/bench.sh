@@ -8,4 +8,4 @@
 # (`pip install -e '.[plot]'`) and torch to build bench-models/resnet18 when it is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec "${PYTHON:-python}" scripts/run_benchmarks.py "$@"
+exec "${PYTHON:-python}" -m benchmarks.run "$@"

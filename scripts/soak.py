@@ -25,15 +25,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from onnx_serve.bench.launch import start_server
+from onnx_serve.protos.inference import grpc_service_pb2 as pb
+from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from onnx_serve.protos.inference import grpc_service_pb2 as pb  # noqa: E402
-from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc  # noqa: E402
-from tests.serving import start_server  # noqa: E402
 
 
 def digit_png(rng: random.Random) -> bytes:

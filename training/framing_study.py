@@ -3,25 +3,29 @@
     python -m training.framing_study --data ../shared/data/mnist --model models/mnist-cnn/1/model.onnx
 
 Renders each held-out validation digit the way a user might send it -- dark ink on white paper, a
-100x100 PNG, the digit at various sizes and positions -- and classifies it through two pipelines:
+100x100 PNG, the digit at various sizes and positions -- and classifies it through the server's own
+Classify preprocessing (onnx_serve.imaging, with the model's config.yaml), two ways:
 
-* ``plain``: the serving config's preprocessing (greyscale, invert, resize the whole image to 28x28).
-* ``mnist``: MNIST's own normalisation (crop to the ink's bounding box, fit it in 20x20 keeping the
-  aspect ratio, paste into 28x28 so that the centre of mass lands in the middle).
+* ``plain``: ``center: none`` (greyscale, resize the whole image to 28x28, invert).
+* ``mnist``: ``center: mass``, MNIST's own normalisation (crop to the ink's bounding box, fit it in 20x20
+  keeping the aspect ratio, paste into 28x28 so that the centre of mass lands in the middle).
 
-Uses only numpy, Pillow and ONNX Runtime, so it says what a torch-free server would see.
+Uses only numpy, Pillow, ONNX Runtime and onnx_serve, so it says what the torch-free server sees.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import yaml
+from onnx_serve.imaging import ImageLimits, PreprocessConfig, decode_image, parse_preprocess, preprocess
 from PIL import Image
 
 from training.mnist_idx import SPLIT_SEED, load_mnist, stratified_split
@@ -51,58 +55,41 @@ def render_user_png(digit: np.ndarray, height: int, centre_x: int, centre_y: int
     return buffer.getvalue()
 
 
-def decode_grey_white_on_black(png: bytes) -> np.ndarray:
-    grey = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return 255 - grey if border.mean() > 127 else grey
+def serving_preprocess(model_path: Path) -> PreprocessConfig:
+    """``preprocess:`` of the config.yaml beside the model's version directory (models/NAME/config.yaml)."""
+    config_path = model_path.resolve().parent.parent / "config.yaml"
+    raw = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    return parse_preprocess((raw or {}).get("preprocess"), str(config_path))
 
 
-def plain_preprocess(png: bytes) -> np.ndarray:
-    grey = decode_grey_white_on_black(png)
-    resized = Image.fromarray(grey).resize((28, 28), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32) / 255.0
+def pipelines(cfg: PreprocessConfig) -> dict[str, PreprocessConfig]:
+    """The table's columns: the serving preprocessing without framing, and with MNIST's framing."""
+    return {"plain": dataclasses.replace(cfg, center="none"), "mnist": dataclasses.replace(cfg, center="mass")}
 
 
-def mnist_preprocess(png: bytes) -> np.ndarray:
-    grey = decode_grey_white_on_black(png)
-    rows, cols = np.nonzero(grey > 0.2 * grey.max())
-    crop = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scale = 20.0 / max(crop.shape)
-    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    box = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-    mass = box.sum()
-    centre_y = (box.sum(axis=1) * np.arange(box.shape[0])).sum() / mass
-    centre_x = (box.sum(axis=0) * np.arange(box.shape[1])).sum() / mass
-    top, left = round(13.5 - centre_y), round(13.5 - centre_x)
-    top, left = min(max(top, 0), 28 - box.shape[0]), min(max(left, 0), 28 - box.shape[1])
-    frame = np.zeros((28, 28), dtype=np.float32)
-    frame[top : top + box.shape[0], left : left + box.shape[1]] = box
-    return frame / 255.0
+def serve_inputs(pngs: Sequence[bytes], cfg: PreprocessConfig) -> np.ndarray:
+    """The model's input batch for these images, as the server's Classify API makes it."""
+    return np.stack([preprocess(decode_image(png, ImageLimits()), cfg) for png in pngs])
 
 
-def accuracy(session: onnxruntime.InferenceSession, pixels: np.ndarray, labels: np.ndarray) -> float:
-    (probabilities,) = session.run(None, {"input": pixels[:, None].astype(np.float32)})
+def accuracy(session: onnxruntime.InferenceSession, inputs: np.ndarray, labels: np.ndarray) -> float:
+    (probabilities,) = session.run(None, {"input": inputs.astype(np.float32)})
     return float(np.mean(probabilities.argmax(axis=1) == labels))
-
-
-PIPELINES: dict[str, Callable[[bytes], np.ndarray]] = {"plain": plain_preprocess, "mnist": mnist_preprocess}
 
 
 def framing_table(model_path: str | Path, digits: np.ndarray, labels: np.ndarray) -> str:
     """A markdown table: accuracy per framing (rows) and preprocessing pipeline (columns)."""
     session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    columns = pipelines(serving_preprocess(Path(model_path)))
     labels = labels.astype(np.int64)
     lines = [
-        f"| framing of a {CANVAS}x{CANVAS} dark-on-light PNG | " + " | ".join(PIPELINES) + " |",
-        "|---" * (len(PIPELINES) + 1) + "|",
-        f"| (the 28x28 digits themselves) | {accuracy(session, digits / 255.0, labels):.2%} | |",
+        f"| framing of a {CANVAS}x{CANVAS} dark-on-light PNG | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        f"| (the 28x28 digits themselves) | {accuracy(session, digits[:, None] / 255.0, labels):.2%} | |",
     ]
     for name, (height, centre_x, centre_y) in FRAMINGS.items():
         pngs = [render_user_png(digit, height, centre_x, centre_y) for digit in digits]
-        cells = [
-            f"{accuracy(session, np.stack([preprocess(png) for png in pngs]), labels):.2%}"
-            for preprocess in PIPELINES.values()
-        ]
+        cells = [f"{accuracy(session, serve_inputs(pngs, cfg), labels):.2%}" for cfg in columns.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

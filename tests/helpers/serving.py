@@ -1,114 +1,20 @@
-"""Test harness: a real `onnx-serve` process on 127.0.0.1 with ephemeral ports, and ONNX models built
-with onnx.helper. Tests talk to it with real clients (tritonclient, our client, HTTP scrapes)."""
+"""Test harness: a real `onnx-serve` process on 127.0.0.1 with ephemeral ports (started by
+onnx_serve.bench.launch, which the benchmark harness uses too), and ONNX models built with onnx.helper. Tests
+talk to it with real clients (tritonclient, our client, HTTP scrapes)."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 from onnx import TensorProto, helper
+from onnx_serve.bench.launch import ServerProcess as ServerProcess
+from onnx_serve.bench.launch import running_server as running_server
+from onnx_serve.bench.launch import start_server as start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_MODELS = ROOT / "models"
-_LISTEN = re.compile(r"(grpc|metrics) listening on [^\s]+:(\d+)")
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[str]
-    grpc_port: int = 0
-    metrics_port: int = 0
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def scrape(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
-            return response.read().decode()
-
-    def wait_for_line(self, pattern: str, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if regex.search(line):
-                    return line
-            if self.process.poll() is not None and not any(regex.search(x) for x in self.lines):
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-
-
-def start_server(repository: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True,
-                 timeout: float = 60.0) -> ServerProcess:
-    command = [sys.executable, "-m", "onnx_serve", "serve", "--model-repository", str(repository),
-               "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                               env={**os.environ, **(env or {})})
-    server = ServerProcess(process)
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            server.lines.append(line)
-            match = _LISTEN.search(line)
-            if match and match.group(1) == "grpc":
-                server.grpc_port = int(match.group(2))
-            elif match:
-                server.metrics_port = int(match.group(2))
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    pattern = "server ready|server started" if wait_ready else "grpc listening"
-    while time.monotonic() < deadline:
-        if any(re.search(pattern, line) for line in server.lines) and server.grpc_port:
-            return server
-        if process.poll() is not None:
-            time.sleep(0.1)
-            raise AssertionError(f"server exited with {process.returncode}:\n{server.log()}")
-        time.sleep(0.02)
-    server.stop(signal.SIGKILL)
-    raise AssertionError(f"server not up in {timeout}s:\n{server.log()}")
-
-
-@contextmanager
-def running_server(repository: Path, *args: str, **kwargs: object) -> Iterator[ServerProcess]:
-    server = start_server(repository, *args, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield server
-    finally:
-        if server.process.poll() is None:
-            server.stop(signal.SIGKILL if kwargs.get("kill") else signal.SIGTERM)
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from onnx_serve import __version__
+from onnx_serve.bench.launch import ServerNotReady, wait_for_model
 from onnx_serve.bench.load import LevelPlan, LoadGenerator, open_channels
 from onnx_serve.bench.probe import ModelStatisticsProbe, take_snapshot
 from onnx_serve.bench.raw import DEFAULT_BATCH_SIZES, format_raw, run_raw
@@ -126,7 +127,7 @@ def run_bench(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_SETUP
         document = asyncio.run(sweep(args))
-    except (SetupError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ServerNotReady, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"onnx-serve bench: {exc}", file=sys.stderr)
         return EXIT_SETUP
     except KeyboardInterrupt:
@@ -146,28 +147,6 @@ def run_bench(args: argparse.Namespace) -> int:
     return EXIT_REQUEST_ERRORS if any(level["error_count"] for level in document["levels"]) else EXIT_OK
 
 
-class SetupError(Exception):
-    """The server or the model could not be reached before the sweep."""
-
-
-async def wait_for_metadata(channel: grpc.aio.Channel, model: str, version: str,
-                            wait_s: float) -> pb.ModelMetadataResponse:
-    call = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
-                               request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                               response_deserializer=pb.ModelMetadataResponse.FromString)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    while True:
-        try:
-            return await call(pb.ModelMetadataRequest(name=model, version=version), timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            retry = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
-                                   grpc.StatusCode.DEADLINE_EXCEEDED)
-            if not retry or loop.time() >= deadline:
-                raise SetupError(f"ModelMetadata for {model!r}: {exc.code().name}: {exc.details()}") from None
-        await asyncio.sleep(0.2)
-
-
 def build_workload(args: argparse.Namespace, metadata: pb.ModelMetadataResponse) -> Workload:
     inputs = inputs_from_metadata(metadata)
     files = [] if args.input == ["random"] else [Path(p) for p in args.input]
@@ -185,7 +164,7 @@ def build_workload(args: argparse.Namespace, metadata: pb.ModelMetadataResponse)
 async def sweep(args: argparse.Namespace) -> dict[str, Any]:
     channels = open_channels(args.url, args.channels)
     try:
-        metadata = await wait_for_metadata(channels[0], args.model, args.model_version, args.wait)
+        metadata = await asyncio.to_thread(wait_for_model, args.url, args.model, args.model_version, args.wait)
         workload = build_workload(args, metadata)
         statistics = ModelStatisticsProbe(channels[0], args.model, args.model_version)
         generator = LoadGenerator(channels, workload, args.codec)

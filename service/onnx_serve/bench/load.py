@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import grpc
 
@@ -170,7 +171,8 @@ class LoadGenerator:
     async def _unary(self, channel: grpc.aio.Channel, timeout: float | None, recorder: Recorder,
                      stop: asyncio.Event) -> None:
         if self.codec == "bytes":  # the same pre-serialized bytes every time; the answer is not parsed
-            call = channel.unary_unary(self.workload.method, request_serializer=None, response_deserializer=None)
+            call: grpc.aio.UnaryUnaryMultiCallable[object, object] = channel.unary_unary(
+                self.workload.method, request_serializer=None, response_deserializer=None)
             request = self._payload
         else:
             call = channel.unary_unary(self.workload.method,
@@ -195,7 +197,8 @@ class LoadGenerator:
         parse = self.workload.stream_parser()
         clock = time.perf_counter
         while not stop.is_set():
-            call = channel.stream_stream(self.workload.method, request_serializer=None, response_deserializer=None)()
+            call: grpc.aio.StreamStreamCall[bytes, bytes] = channel.stream_stream(
+                self.workload.method, request_serializer=None, response_deserializer=None)()
             sent = [0.0] * in_flight
             outstanding = in_flight
             try:
@@ -207,7 +210,7 @@ class LoadGenerator:
                     if answer is grpc.aio.EOF:
                         break
                     done = clock()
-                    request_id, error = parse(answer)
+                    request_id, error = parse(cast(bytes, answer))  # no deserializer: the raw message
                     if not request_id.isdigit() or int(request_id) >= in_flight:
                         raise RuntimeError(f"the server answered a stream request with id {request_id!r}, not the "
                                            "id it was sent: cannot match answers to requests")

@@ -18,6 +18,7 @@ import numpy as np
 from onnx_serve.core.model_config import ModelConfig, load_model_config
 from onnx_serve.core.runtime import SessionPlan, create_session, signature_of
 from onnx_serve.core.settings import cpu_quota, default_intra_op_threads, provider_name
+from onnx_serve.types import example_feeds
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -36,11 +37,10 @@ def resolve_model(target: Path) -> RawModel:
         if (path / "model.onnx").is_file():
             path = path / "model.onnx"
         else:
-            versions = sorted((int(d.name), d) for d in path.iterdir()
-                              if d.name.isdigit() and (d / "model.onnx").is_file())
-            if not versions:
+            latest = latest_model_file(path)
+            if latest is None:
                 raise FileNotFoundError(f"{target}: no model.onnx and no <version>/model.onnx inside")
-            path = versions[-1][1] / "model.onnx"
+            path = latest
     if not path.is_file():
         raise FileNotFoundError(f"{target}: no such model file")
     config_path = path.parent.parent / "config.yaml"
@@ -48,20 +48,11 @@ def resolve_model(target: Path) -> RawModel:
     return RawModel(path, load_model_config(config_path) if in_repository else ModelConfig())
 
 
-def random_feeds(signature: Any, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from onnx_serve.core.runtime import BY_DATATYPE_NAME
-
-    feeds = {}
-    for spec in signature.inputs:
-        shape = tuple((batch_size if axis == 0 else 1) if d < 0 else d for axis, d in enumerate(spec.shape))
-        dtype = BY_DATATYPE_NAME[spec.datatype]
-        if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(shape, "x", dtype=np.object_)
-        elif dtype.kind == "f":
-            feeds[spec.name] = rng.random(shape).astype(dtype)
-        else:
-            feeds[spec.name] = rng.integers(0, 2 if dtype.kind == "b" else 100, shape).astype(dtype)
-    return feeds
+def latest_model_file(model_dir: Path) -> Path | None:
+    """The model.onnx of a model directory's highest version, versions compared as numbers (10 is after 9, as
+    the server sees them); None when no version directory holds one."""
+    versions = [d for d in model_dir.iterdir() if d.name.isdigit() and (d / "model.onnx").is_file()]
+    return max(versions, key=lambda d: int(d.name)) / "model.onnx" if versions else None
 
 
 def run_raw(target: Path, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, duration_s: float = 3.0,
@@ -76,16 +67,16 @@ def run_raw(target: Path, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, dura
     signature = signature_of(session)
     batched = signature.has_batch_axis()
     rng = np.random.default_rng(0)
-    results = []
+    results: list[dict[str, Any]] = []
     for batch_size in (batch_sizes if batched else (1,)):
         if progress:
             progress(f"batch {batch_size}")
-        feeds = random_feeds(signature, batch_size, rng)
+        feeds = example_feeds(signature.inputs, batch_size, rng)
         warm_until = time.perf_counter() + warmup_s
         session.run(None, feeds)
         while time.perf_counter() < warm_until:
             session.run(None, feeds)
-        latencies = []
+        latencies: list[float] = []
         start = time.perf_counter()
         stop = start + duration_s
         now = start

@@ -7,8 +7,6 @@ client spends its CPU on gRPC, not on building protobufs.
 from __future__ import annotations
 
 import io
-import math
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from onnx_serve.core.codec import DATATYPES
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from onnx_serve.protos.onnxserve.v1 import classify_pb2 as cpb
+from onnx_serve.types import DATATYPES, TensorSpec, example_array, example_shape, has_batch_axis, to_raw
 
 V2_SERVICE = "/inference.GRPCInferenceService/"
 CLASSIFY_SERVICE = "/onnxserve.v1.ImageClassifier/"
@@ -27,13 +25,6 @@ STREAM_ERROR = "STREAM_ERROR"  # a V2 stream answer carries a message but no sta
 
 # Parses one stream answer into (request id, error code or None).
 StreamParser = Callable[[bytes], tuple[str, str | None]]
-
-
-@dataclass(frozen=True, slots=True)
-class InputSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -83,33 +74,11 @@ def parse_shape_overrides(values: Sequence[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def inputs_from_metadata(metadata: pb.ModelMetadataResponse) -> list[InputSpec]:
-    return [InputSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs]
+def inputs_from_metadata(metadata: pb.ModelMetadataResponse) -> list[TensorSpec]:
+    return [TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in metadata.inputs]
 
 
-def has_batch_axis(inputs: Sequence[InputSpec]) -> bool:
-    return bool(inputs) and all(spec.shape and spec.shape[0] < 0 for spec in inputs)
-
-
-def concrete_shape(spec: InputSpec, batch_size: int, overrides: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
-    """A dynamic first axis becomes the batch size, any other dynamic axis 1."""
-    if spec.name in overrides:
-        return overrides[spec.name]
-    return tuple((batch_size if axis == 0 else 1) if d < 0 else d for axis, d in enumerate(spec.shape))
-
-
-def random_tensor(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> bytes:
-    if datatype == "BYTES":
-        return b"".join(struct.pack("<I", 8) + rng.bytes(8) for _ in range(math.prod(shape)))
-    dtype = DATATYPES[datatype].numpy
-    if dtype.kind == "f":
-        return rng.random(shape).astype(dtype).tobytes()
-    if dtype.kind == "b":
-        return rng.integers(0, 2, shape).astype(dtype).tobytes()
-    return rng.integers(0, 100, shape).astype(dtype).tobytes()
-
-
-def infer_workload(model: str, version: str, inputs: Sequence[InputSpec], batch_size: int, streaming: bool,
+def infer_workload(model: str, version: str, inputs: Sequence[TensorSpec], batch_size: int, streaming: bool,
                    overrides: dict[str, tuple[int, ...]] | None = None, arrays: Sequence[Path] = (),
                    seed: int = 0) -> Workload:
     """A ModelInferRequest with random data shaped from the metadata, or with arrays from .npy files (one per
@@ -131,8 +100,8 @@ def infer_workload(model: str, version: str, inputs: Sequence[InputSpec], batch_
             shape, raw = tuple(array.shape), np.ascontiguousarray(array).tobytes()
             items = shape[0] if batched and shape else 1
         else:
-            shape = concrete_shape(spec, batch_size, overrides or {})
-            raw = random_tensor(spec.datatype, shape, rng)
+            shape = overrides[spec.name] if overrides and spec.name in overrides else example_shape(spec, batch_size)
+            raw = to_raw(example_array(spec.datatype, shape, rng))
         request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
         request.raw_input_contents.append(raw)
     described = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in request.inputs)
@@ -141,7 +110,7 @@ def infer_workload(model: str, version: str, inputs: Sequence[InputSpec], batch_
                     pb.ModelStreamInferResponse if streaming else pb.ModelInferResponse, described)
 
 
-def random_image(inputs: Sequence[InputSpec], seed: int = 0) -> bytes:
+def random_image(inputs: Sequence[TensorSpec], seed: int = 0) -> bytes:
     """A PNG of noise at the model's input size (NCHW or NHWC guessed from where the 1 or 3 channels are)."""
     from PIL import Image
 

@@ -17,6 +17,7 @@ from onnx_serve.client.messages import (
     StreamResult,
     TensorMetadata,
 )
+from onnx_serve.types import TensorSpec
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_URL", "AsyncClient", "Client", "ClientError", "ModelMetadata", "Prediction",
-           "StreamResult", "TensorMetadata"]
+           "StreamResult", "TensorMetadata", "TensorSpec"]

@@ -27,7 +27,7 @@ FATAL_CODES = {"UNAVAILABLE", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND
 _ONLY_IMAGE = re.compile(r"^image 0: ")  # each request holds one image, so its index tells nothing
 
 
-def add_classify_parser(sub: argparse._SubParsersAction) -> None:
+def add_classify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "classify", help="classify image files on a running server",
         description="Classify image files (JPEG, PNG, BMP, GIF, WebP, TIFF) with a model on a running onnx-serve "

@@ -14,9 +14,10 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from onnx_serve.core.codec import DATATYPES, datatype_of, deserialize_bytes, to_raw
 from onnx_serve.protos.inference import grpc_service_pb2 as v2
 from onnx_serve.protos.onnxserve.v1 import classify_pb2 as pb
+from onnx_serve.types import DATATYPES, TensorSpec, datatype_of, deserialize_bytes, to_raw
+from onnx_serve.types import Prediction as Prediction  # re-exported: part of the client's surface
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "mnist-cnn"
@@ -47,13 +48,6 @@ class ClientError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Prediction:
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
 class StreamResult:
     """The answer to the ``index``-th request of :meth:`Client.classify_stream`: predictions or an error."""
 
@@ -69,11 +63,7 @@ class StreamResult:
         return self.predictions
 
 
-@dataclass(frozen=True, slots=True)
-class TensorMetadata:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]  # -1 marks a dynamic axis
+TensorMetadata = TensorSpec  # the client's name for a model input or output in ModelMetadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +71,8 @@ class ModelMetadata:
     name: str
     versions: tuple[str, ...]
     platform: str
-    inputs: tuple[TensorMetadata, ...]
-    outputs: tuple[TensorMetadata, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
 
 # ------------------------------------------------------------------------------------------- requests
@@ -181,8 +171,8 @@ def infer_outputs(response: v2.ModelInferResponse) -> dict[str, np.ndarray]:
 
 
 def model_metadata_of(response: v2.ModelMetadataResponse) -> ModelMetadata:
-    def tensors(items: Any) -> tuple[TensorMetadata, ...]:
-        return tuple(TensorMetadata(t.name, t.datatype, tuple(t.shape)) for t in items)
+    def tensors(items: Any) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
 
     return ModelMetadata(response.name, tuple(response.versions), response.platform, tensors(response.inputs),
                          tensors(response.outputs))

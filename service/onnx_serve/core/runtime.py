@@ -15,9 +15,9 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from onnx_serve.core.codec import BY_ONNX_TYPE, TensorSpec
 from onnx_serve.core.errors import ConfigError, InvalidArgument, ServeError
 from onnx_serve.core.model_config import SessionConfig
+from onnx_serve.types import BY_ONNX_TYPE, TensorSpec, example_feeds, has_batch_axis
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ class Signature:
 
     def has_batch_axis(self) -> bool:
         """Every input and output has a dynamic first axis: requests can be stacked along it."""
-        tensors = self.inputs + self.outputs
-        return bool(tensors) and all(t.shape and t.shape[0] < 0 for t in tensors)
+        return has_batch_axis(self.inputs + self.outputs)
 
 
 def _spec(node: ort.NodeArg) -> TensorSpec:
@@ -93,7 +92,7 @@ def create_session(path: Path, plan: SessionPlan) -> tuple[ort.InferenceSession,
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=usable)
     except Exception as exc:  # ORT raises its own exception types for corrupt graphs
-        raise ConfigError(f"{path}: ONNX Runtime cannot load the model: {_first_line(exc)}") from None
+        raise ConfigError(f"{path}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
     got = session.get_providers()
     fell_back = [p for p in wanted if p not in got and p != "CPUExecutionProvider"]
     if fell_back:
@@ -105,7 +104,10 @@ def create_session(path: Path, plan: SessionPlan) -> tuple[ort.InferenceSession,
     return session, got
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """What a model failure's message says, for a status or a model's unavailable reason: ONNX Runtime's
+    messages can run to pages, so the first line (at most 500 characters); an empty message, which some
+    providers raise, is named by the exception's type."""
     text = str(exc).strip().splitlines()
     return text[0][:500] if text else type(exc).__name__
 
@@ -115,17 +117,8 @@ def signature_of(session: ort.InferenceSession) -> Signature:
 
 
 def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
-    feeds = {}
-    for spec in signature.inputs:
-        shape = tuple(1 if d < 0 else d for d in spec.shape)
-        if spec.datatype == "BYTES":
-            feeds[spec.name] = np.full(shape, "", dtype=np.object_)
-        else:
-            feeds[spec.name] = np.zeros(shape, dtype=BY_DATATYPE_NAME[spec.datatype])
-    return feeds
-
-
-BY_DATATYPE_NAME = {dt.name: dt.numpy for dt in BY_ONNX_TYPE.values()}
+    """Zeros (empty strings), one sample: the first run allocates arenas and picks kernels."""
+    return example_feeds(signature.inputs)
 
 
 class RunnerPool:
@@ -168,7 +161,7 @@ def _timed_run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> t
     try:
         result = session.run(None, feeds)
     except ort_errors.InvalidArgument as exc:
-        raise InvalidArgument(f"the model rejected the input: {_first_line(exc)}") from None
+        raise InvalidArgument(f"the model rejected the input: {first_line(exc)}") from None
     except Exception as exc:  # a fault in the model or provider: reported, isolated to this model
-        raise ServeError(f"model execution failed: {_first_line(exc)}") from exc
+        raise ServeError(f"model execution failed: {first_line(exc)}") from exc
     return result, time.perf_counter_ns() - start

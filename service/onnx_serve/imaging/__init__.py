@@ -1,22 +1,24 @@
 """Images from untrusted clients: decode with budgets, preprocess into a model input, postprocess scores into
-top-k labels. No grpc, no HTTP, no onnxruntime."""
+top-k labels. No grpc, no HTTP, no onnxruntime.
 
-from onnx_serve.imaging.decode import ImageLimits, decode_image, image_from_pixels, to_standard_mode
-from onnx_serve.imaging.preprocess import (
+decode (bytes or pixels -> image), config (the model's preprocess/postprocess/limits sections), preprocess
+(image -> tensor), framing (MNIST's centre-of-mass framing), postprocess (scores -> top-k, labels)."""
+
+from onnx_serve.imaging.config import (
     PostprocessConfig,
-    Prediction,
     PreprocessConfig,
-    load_labels,
     parse_limits,
     parse_postprocess,
     parse_preprocess,
-    preprocess,
-    shorter_side_geometry,
-    top_k,
 )
+from onnx_serve.imaging.decode import ImageLimits, decode_image, image_from_pixels, to_standard_mode
+from onnx_serve.imaging.framing import frame_by_mass
+from onnx_serve.imaging.postprocess import load_labels, top_k
+from onnx_serve.imaging.preprocess import preprocess, shorter_side_geometry
+from onnx_serve.types import Prediction
 
 __all__ = [
-    "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig", "decode_image", "image_from_pixels",
-    "load_labels", "parse_limits", "parse_postprocess", "parse_preprocess", "preprocess", "shorter_side_geometry",
-    "to_standard_mode", "top_k",
+    "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig", "decode_image", "frame_by_mass",
+    "image_from_pixels", "load_labels", "parse_limits", "parse_postprocess", "parse_preprocess", "preprocess",
+    "shorter_side_geometry", "to_standard_mode", "top_k",
 ]  # fmt: skip

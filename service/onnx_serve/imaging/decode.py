@@ -130,7 +130,8 @@ def image_from_pixels(
         )
     check_pixel_count((width, height), limits)
     mode = _MODE_BY_CHANNELS[channels]
-    return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)
+    # Pillow reads any buffer (a memoryview too, with no copy); its type stubs name only bytes and arrays.
+    return Image.frombuffer(mode, (width, height), pixels, "raw", mode, 0, 1)  # type: ignore[arg-type]
 
 
 

@@ -1,8 +1,8 @@
 """Regenerate docs/benchmarks.md: onnx-serve against raw ONNX Runtime and the peer servers, one client, one run.
 
-    python scripts/run_benchmarks.py            # the full run (~12 min on 2 cores), writes docs/benchmarks.md
-    python scripts/run_benchmarks.py --quick    # a short smoke run of every step (~4 min)
-    python scripts/run_benchmarks.py --skip-peers --skip-resnet
+    python -m benchmarks.run            # the full run (~12 min on 2 cores), writes docs/benchmarks.md
+    python -m benchmarks.run --quick    # a short smoke run of every step (~4 min)
+    python -m benchmarks.run --skip-peers --skip-resnet
 
 Every server is started here, on 127.0.0.1 with free ports, measured by the same `onnx-serve bench` client
 (a subprocess, so the client is one process like a user's) and stopped before the next starts. Peers come
@@ -15,10 +15,10 @@ is installed). Raw JSON lands in bench-results/, the report in docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -28,17 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
+from onnx_serve.bench.launch import ServerProcess, launch, start_server, wait_for_model
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import bench_profile  # noqa: E402
-from bench_models import mnist_model_dir, peer_models, repository_variant, resnet_model_dir  # noqa: E402
-from benchmarks_doc import machine_info, render  # noqa: E402
-from onnx_serve.protos.inference import grpc_service_pb2 as pb  # noqa: E402
+from benchmarks import profiling
+from benchmarks.doc import machine_info, render
+from benchmarks.models import ROOT, mnist_model_dir, peer_models, repository_variant, resnet_model_dir
 
 PEERS = Path(os.environ.get("ONNX_SERVE_PEERS", ROOT.parent / "shared" / "peers"))
 MNIST_LEVELS = (1, 8, 32, 64)
@@ -46,25 +41,20 @@ MNIST_LEVELS = (1, 8, 32, 64)
 
 @dataclass
 class Server:
+    """A server of the run, and how long it took from launch until ModelMetadata answered for the model."""
+
     name: str
-    url: str
-    process: subprocess.Popen[bytes]
+    running: ServerProcess
     startup_s: float
-    log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):  # it is killed by then
+            self.running.stop(timeout=20)
 
 
 @dataclass
 class Runs:
-    """Everything measured, keyed by run name; rendered by benchmarks_doc."""
+    """Everything measured, keyed by run name; rendered by benchmarks.doc."""
 
     settings: dict[str, Any]
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -80,47 +70,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, model: str, process: subprocess.Popen[bytes], timeout: float) -> float:
-    """Seconds until ModelMetadata answers for `model` (the first moment a client could use it)."""
-    started = time.monotonic()
-    request = pb.ModelMetadataRequest(name=model)
-    with grpc.insecure_channel(url) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelMetadata",
-                                   request_serializer=pb.ModelMetadataRequest.SerializeToString,
-                                   response_deserializer=pb.ModelMetadataResponse.FromString)
-        while time.monotonic() - started < timeout:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            try:
-                call(request, timeout=1)
-                return time.monotonic() - started
-            except grpc.RpcError:
-                time.sleep(0.02)
-    raise RuntimeError(f"{url} not ready for {model!r} after {timeout:.0f}s")
-
-
-def launch(name: str, command: Sequence[str], port: int, model: str, logs: Path, env: dict[str, str] | None = None,
-           cwd: Path = ROOT, timeout: float = 600) -> Server:
-    log = logs / f"{name}.log"
-    with log.open("wb") as sink:
-        started = time.monotonic()
-        process = subprocess.Popen(list(command), stdout=sink, stderr=subprocess.STDOUT, cwd=cwd,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
-    url = f"127.0.0.1:{port}"
+def ready(name: str, running: ServerProcess, model: str, log: Path, timeout: float) -> Server:
+    """Waits until ModelMetadata answers for `model`, the first moment a client could use it: start-up time is
+    measured that way for every server alike."""
     try:
-        wait_ready(url, model, process, timeout)
+        wait_for_model(running.url, model, timeout=timeout, process=running.process)
     except Exception as exc:
-        process.kill()
+        running.process.kill()
         raise RuntimeError(f"{name}: {exc}; see {log}") from None
-    return Server(name, url, process, time.monotonic() - started, log)
+    return Server(name, running, time.monotonic() - running.started)
 
 
 def start_onnx_serve(name: str, repository: Path, model: str, logs: Path, workers: int = 1) -> Server:
-    port = free_port()
-    command = [sys.executable, "-m", "onnx_serve", "serve", "--model-repository", str(repository),
-               "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", "--workers", str(workers),
-               "--execution-providers", "cpu", "--grace-period", "1"]
-    return launch(name, command, port, model, logs, timeout=60)
+    log = logs / f"{name}.log"
+    try:
+        running = start_server(repository, "--workers", str(workers), "--execution-providers", "cpu",
+                               "--grace-period", "1", cwd=ROOT, log_path=log, new_session=True)
+    except AssertionError as exc:  # its message holds the whole log, which is in the file already
+        raise RuntimeError(f"{name}: {str(exc).splitlines()[0]}; see {log}") from None
+    return ready(name, running, model, log, timeout=60)
 
 
 def start_peer(kind: str, name: str, models_dir: Path, model: str, logs: Path) -> Server:
@@ -130,21 +98,23 @@ def start_peer(kind: str, name: str, models_dir: Path, model: str, logs: Path) -
              "kserve": ["--enable_latency_logging", "false"], "null": []}[kind]
     env = {"PEER_MODELS_DIR": str(models_dir), "KSERVE_LOGLEVEL": "WARNING",
            "BENCH_RUN_DIR": str(models_dir.parent / f"mlserver-run-{port}")}
-    return launch(name, [str(script), "--port", str(port), "--models", model, *extra], port, model, logs, env,
-                  cwd=models_dir.parent)
+    log = logs / f"{name}.log"
+    running = launch([str(script), "--port", str(port), "--models", model, *extra], grpc_port=port, env=env,
+                     cwd=models_dir.parent, log_path=log, new_session=True)
+    return ready(name, running, model, log, timeout=600)
 
 
 def run_bench(results: Path, key: str, server: Server, model: str, levels: Sequence[int], timing: argparse.Namespace,
               extra: Sequence[str] = ()) -> dict[str, Any]:
     out = results / f"{key}.json"
-    args = ["bench", "--url", server.url, "--model", model, "--concurrency", ",".join(map(str, levels)),
+    args = ["bench", "--url", server.running.url, "--model", model, "--concurrency", ",".join(map(str, levels)),
             "--duration", str(timing.duration), "--warmup", str(timing.warmup), "--window", str(timing.window),
             "--label", key, *extra]
-    shown = "onnx-serve " + " ".join(a if a != server.url else "$URL" for a in args)
+    shown = "onnx-serve " + " ".join(a if a != server.running.url else "$URL" for a in args)
     shown += f" --json {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
     print(f"== {key}: {shown}", flush=True)
     completed = subprocess.run([sys.executable, "-m", "onnx_serve", *args, "--json", str(out), "--server-pid",
-                                str(server.process.pid), "--no-progress"], cwd=ROOT, text=True, capture_output=True)
+                                str(server.running.pid), "--no-progress"], cwd=ROOT, text=True, capture_output=True)
     print(completed.stdout, end="", flush=True)
     if completed.returncode not in (0, 1) or not out.exists():
         raise RuntimeError(f"bench {key} failed ({completed.returncode}): {completed.stderr[-2000:]}")
@@ -268,20 +238,21 @@ def measure_mnist(session: Session, work: Path) -> None:
 def profile_onnx_serve(session: Session, repository: Path, model: str, concurrency: int = 32, seconds: int = 5
                        ) -> None:
     """py-spy samples of the server and of the client while the client holds `concurrency` requests in flight."""
-    if bench_profile.py_spy() is None:
+    if profiling.py_spy() is None:
         session.state.skipped.append("profile: py-spy is not installed (pip install py-spy)")
         return
     server = start_onnx_serve("onnx-serve-profiled", repository, model, session.logs)
     warmup = 2.0
     try:
-        client = subprocess.Popen([sys.executable, "-m", "onnx_serve", "bench", "--url", server.url, "--model", model,
-                                   "--concurrency", str(concurrency), "--warmup", str(warmup), "--duration",
-                                   str(seconds + 3), "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL)
+        client = subprocess.Popen([sys.executable, "-m", "onnx_serve", "bench", "--url", server.running.url,
+                                   "--model", model, "--concurrency", str(concurrency), "--warmup", str(warmup),
+                                   "--duration", str(seconds + 3), "--no-progress"], cwd=ROOT,
+                                  stdout=subprocess.DEVNULL)
         time.sleep(warmup + 0.5)
-        targets = {"server": server.process.pid, "client": client.pid}
+        targets = {"server": server.running.pid, "client": client.pid}
         for name in targets:
             (session.results / f"profile-{name}.txt").unlink(missing_ok=True)
-        recorders = [bench_profile.start_recording(pid, seconds, session.results / f"profile-{name}.txt")
+        recorders = [profiling.start_recording(pid, seconds, session.results / f"profile-{name}.txt")
                      for name, pid in targets.items()]
         for recorder in recorders:
             if recorder is not None:
@@ -293,7 +264,7 @@ def profile_onnx_serve(session: Session, repository: Path, model: str, concurren
         raw = session.results / f"profile-{name}.txt"
         if raw.exists():
             session.state.profiles[name] = {"concurrency": concurrency, "seconds": seconds,
-                                            **bench_profile.summarize(raw)}
+                                            **profiling.summarize(raw)}
         else:
             session.state.skipped.append(f"profile of the {name}: py-spy recorded nothing (ptrace not permitted?)")
 
@@ -358,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = Runs(settings={"duration_s": options.duration, "warmup_s": options.warmup, "window_s": options.window,
                            "raw_duration_s": options.raw_duration, "resnet_duration_s": options.resnet_duration,
                            "repeat": options.repeat, "quick": options.quick,
-                           "command": shlex.join(["python", "scripts/run_benchmarks.py",
+                           "command": shlex.join(["python", "-m", "benchmarks.run",
                                                   *(sys.argv[1:] if argv is None else argv)])})
     session = Session(state, options, options.results, logs)
     measure_mnist(session, options.work)

@@ -1,4 +1,4 @@
-"""Models for scripts/run_benchmarks.py: the MNIST CNN (bundled, or a stand-in while it is not built), the
+"""Models for benchmarks.run: the MNIST CNN (bundled, or a stand-in while it is not built), the
 ResNet-18-shaped CNN, one-model repositories with batching on or off, and the peers' NAME.onnx folder."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from onnx_serve.bench.raw import latest_model_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +87,7 @@ def repository_variant(source: Path, work: Path, variant: str, name: str, batchi
     target = repository / name
     shutil.rmtree(repository, ignore_errors=True)
     (target / "1").mkdir(parents=True)
-    (target / "1" / "model.onnx").symlink_to(sorted(source.glob("*/model.onnx"))[-1].resolve())
+    (target / "1" / "model.onnx").symlink_to(_latest(source))
     config = yaml.safe_load((source / "config.yaml").read_text()) if (source / "config.yaml").exists() else {}
     for extra in ("labels",):
         if config.get(extra):
@@ -103,5 +104,12 @@ def peer_models(work: Path, models: dict[str, Path]) -> Path:
     for name, model_dir in models.items():
         link = directory / f"{name}.onnx"
         link.unlink(missing_ok=True)
-        link.symlink_to(sorted(model_dir.glob("*/model.onnx"))[-1].resolve())
+        link.symlink_to(_latest(model_dir))
     return directory
+
+
+def _latest(model_dir: Path) -> Path:
+    latest = latest_model_file(model_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{model_dir}: no <version>/model.onnx inside")
+    return latest.resolve()

@@ -1,4 +1,4 @@
-"""Renders docs/benchmarks.md from the runs of scripts/run_benchmarks.py: method, machine, tables, ratios,
+"""Renders docs/benchmarks.md from the runs of benchmarks.run: method, machine, tables, ratios,
 targets, chart, and the command behind every number."""
 
 from __future__ import annotations
