@@ -68,6 +68,9 @@ step "onnx-serve --help"
 onnx-serve --help >"$work/help.txt"
 head -n 3 "$work/help.txt"
 python -c 'import onnx_serve, sys; assert onnx_serve.__file__.startswith(sys.prefix), onnx_serve.__file__'
+# The distribution installs one top-level package, onnx_serve: nothing named `service` (a PyPI project and
+# a common application folder name) may come with it.
+python -c 'import importlib.util as u; assert u.find_spec("service") is None, "a top-level service module is installed"'
 
 step "onnx-serve serve (bundled models, free ports)"
 # The image points the server at its models with this variable (Dockerfile ENV).

@@ -14,16 +14,18 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from onnx_serve.client import AsyncClient, Client, ClientError, Prediction
     from onnx_serve.core.settings import Settings
+    from onnx_serve.server import Server
 
 _EXPORTS = {
     "AsyncClient": "onnx_serve.client",
     "Client": "onnx_serve.client",
     "ClientError": "onnx_serve.client",
     "Prediction": "onnx_serve.client",
+    "Server": "onnx_serve.server",
     "Settings": "onnx_serve.core.settings",
 }
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "Settings", "__version__"]
+__all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "Server", "Settings", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

@@ -30,9 +30,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def run_server(settings: Settings) -> int:
     if settings.workers <= 1:
-        from onnx_serve.edges.grpc.server import RunningServer
+        from onnx_serve.server import Server
 
-        return asyncio.run(RunningServer(settings).run())
+        return asyncio.run(Server(settings=settings).serve())
     return _supervise(settings)
 
 
@@ -46,14 +46,14 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker_main(settings: Settings, index: int, ready: multiprocessing.Queue, log_level: str, log_format: str
+def _worker_main(settings: Settings, index: int, ready: multiprocessing.Queue[int], log_level: str, log_format: str
                  ) -> None:
-    from onnx_serve.edges.grpc.server import RunningServer
     from onnx_serve.logs import setup_logging
+    from onnx_serve.server import Server
 
     setup_logging(log_level, log_format, settings.access_log)
-    server = RunningServer(settings, reuse_port=True, worker=index, on_ready=lambda: ready.put(index))
-    raise SystemExit(asyncio.run(server.run()))
+    server = Server(settings=settings, reuse_port=True, worker=index)
+    raise SystemExit(asyncio.run(server.serve(on_ready=lambda: ready.put(index))))
 
 
 def _supervise(settings: Settings) -> int:
@@ -70,12 +70,12 @@ def _supervise(settings: Settings) -> int:
     port = reserved.getsockname()[1]
     worker_settings = dataclasses.replace(settings, grpc_port=port, metrics_port=-1)
     context = multiprocessing.get_context("spawn")
-    ready: multiprocessing.Queue = context.Queue()
+    ready: multiprocessing.Queue[int] = context.Queue()
     ours = logging.getLogger("onnx_serve")
     level, fmt = logging.getLevelName(ours.level).lower(), settings.log_format
     workers: list[BaseProcess] = []
     for index in range(settings.workers):
-        process = context.Process(target=_worker_main, args=(worker_settings, index, ready, level, fmt),
+        process: BaseProcess = context.Process(target=_worker_main, args=(worker_settings, index, ready, level, fmt),
                                   name=f"onnx-serve-worker-{index}")
         process.start()
         workers.append(process)

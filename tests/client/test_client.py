@@ -26,6 +26,7 @@ from onnx_serve.client.client import (
 )
 from PIL import Image
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.pki import write_pki
 from tests.helpers.serving import (
     ServerProcess,
@@ -185,13 +186,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    with running_server(repository, *FLAGS) as running:
+def server(repository: Path) -> Iterator[InProcessServer]:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[Client]:
+def client(server: InProcessServer) -> Iterator[Client]:
     with Client(server.url, timeout=30) as c:
         yield c
 
@@ -257,7 +258,7 @@ def test_classify_accepts_every_kind_of_image(client: Client, tmp_path: Path) ->
     assert {p.label for p in results[0]} == {"a", "b", "c"}
 
 
-def test_stream_refuses_a_request_over_the_message_limit_alone(server: ServerProcess) -> None:
+def test_stream_refuses_a_request_over_the_message_limit_alone(server: InProcessServer) -> None:
     image = png(Image.new("L", (8, 8), 90))
     huge = np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8)  # 160 kB of raw pixels
     with Client(server.url, timeout=30, max_message_bytes=100_000) as c:
@@ -282,14 +283,14 @@ def test_server_unreachable_is_unavailable() -> None:
     assert excinfo.value.code == "UNAVAILABLE"
 
 
-def test_dns_target(server: ServerProcess) -> None:
+def test_dns_target(server: InProcessServer) -> None:
     with Client(f"dns:///localhost:{server.grpc_port}", timeout=10) as c:
         assert c.ready()
 
 
-def test_round_robin_spreads_calls_over_every_address(server: ServerProcess, repository: Path) -> None:
+def test_round_robin_spreads_calls_over_every_address(server: InProcessServer, repository: Path) -> None:
     """What a Kubernetes headless Service gives a dns:/// target: several addresses, each call to the next."""
-    with running_server(repository, *FLAGS) as second:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as second:
         target = f"ipv4:127.0.0.1:{server.grpc_port},127.0.0.1:{second.grpc_port}"
         before = [inference_count(s.url, "add") for s in (server, second)]
         with Client(target, timeout=10) as c:
@@ -304,7 +305,7 @@ def inference_count(url: str, model: str) -> int:
     return sum(int(m.get("inference_count", 0)) for m in statistics["model_stats"])
 
 
-async def test_async_client(server: ServerProcess, tmp_path: Path) -> None:
+async def test_async_client(server: InProcessServer, tmp_path: Path) -> None:
     image = png(Image.new("L", (8, 8), 200))
     async with AsyncClient(server.url, timeout=30) as c:
         assert await c.live() and await c.ready() and await c.ready("grey")

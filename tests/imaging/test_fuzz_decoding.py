@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import struct
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +17,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto
-from onnx_serve.core.codec import DATATYPES, TensorSpec, decode_input
+from onnx_serve.core.codec import decode_input
+from onnx_serve.core.dataplane import requested_output_indexes
 from onnx_serve.core.errors import InvalidArgument
 from onnx_serve.core.runtime import Signature
-from onnx_serve.edges.grpc.inference import decode_request, requested_outputs
+from onnx_serve.edges.grpc.converters import decode_request, requested_outputs
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from onnx_serve.types import DATATYPES, TensorSpec
 
-from tests.helpers.serving import ServerProcess, add_model, identity_model, running_server, string_model
+from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.serving import add_model, identity_model, string_model
 
 MAX_ELEMENTS = 64 * 1024 * 1024  # what the server uses: --max-message-bytes
 InferInputTensor = pb.ModelInferRequest.InferInputTensor
@@ -118,9 +120,9 @@ def test_decode_input_against_a_spec(case: tuple[InferInputTensor, bytes | None]
     assert tensor.datatype == datatype and spec.accepts_shape(array.shape)
 
 
-FAKE_VERSION = types.SimpleNamespace(signature=Signature(
+FAKE_SIGNATURE = Signature(
     inputs=(TensorSpec("a", "FP32", (-1, 2)), TensorSpec("b", "INT64", (-1,)), TensorSpec("s", "BYTES", (-1,))),
-    outputs=(TensorSpec("y", "FP32", (-1, 2)), TensorSpec("z", "BOOL", (-1,)))))
+    outputs=(TensorSpec("y", "FP32", (-1, 2)), TensorSpec("z", "BOOL", (-1,))))
 
 
 @st.composite
@@ -145,13 +147,13 @@ def requests(draw: st.DrawFn) -> pb.ModelInferRequest:
 @given(requests())
 def test_decode_request(request: pb.ModelInferRequest) -> None:
     try:
-        wanted = requested_outputs(request, FAKE_VERSION)
+        wanted = requested_output_indexes(requested_outputs(request), FAKE_SIGNATURE)
     except InvalidArgument:
         pass
     else:
         assert all(0 <= i < 2 for i in wanted)
     try:
-        inputs = decode_request(request, FAKE_VERSION, MAX_ELEMENTS)
+        inputs = decode_request(request, FAKE_SIGNATURE, MAX_ELEMENTS)
     except InvalidArgument:
         return
     assert set(inputs) == {"a", "b", "s"}
@@ -163,17 +165,17 @@ def test_decode_request(request: pb.ModelInferRequest) -> None:
 # ------------------------------------------------------------------------------------------ live server
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     root: Path = tmp_path_factory.mktemp("repo")
     add_model(root / "add" / "1" / "model.onnx")
     identity_model(root / "m" / "1" / "model.onnx", TensorProto.FLOAT, shape=("N", 2))
     string_model(root / "s" / "1" / "model.onnx")
-    with running_server(root, "--execution-providers", "cpu") as process:
-        yield process
+    with in_process_server(root, execution_providers=("CPUExecutionProvider",)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
+def channel(server: InProcessServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(server.url) as c:
         yield c
 

@@ -151,7 +151,7 @@ def test_json_logs_carry_the_request_id_on_error_lines(tmp_path: Path) -> None:
         server.wait_for_line('"code": "OK"')
     entries = [json.loads(line) for line in server.lines if line.startswith("{")]
     assert entries and len(entries) == len([line for line in server.lines if line.strip()])
-    failure = [e for e in entries if e.get("request_id") == "req-42" and e["logger"] == "onnx_serve.edges.grpc"]
+    failure = [e for e in entries if e.get("request_id") == "req-42" and e["logger"] == "onnx_serve.requests"]
     assert failure and failure[0]["code"] == "INVALID_ARGUMENT" and failure[0]["level"] == "debug"
     access = [e for e in entries if e["logger"] == "onnx_serve.access"]
     assert {e["code"] for e in access} == {"INVALID_ARGUMENT", "OK"}

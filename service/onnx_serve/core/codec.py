@@ -1,64 +1,21 @@
-"""V2 tensors <-> numpy: the datatype table, shape checks and raw contents.
+"""V2 tensors <-> numpy on the server: datatype and shape checks, and decoding what clients send.
 
 Inputs are viewed straight from `raw_input_contents` with np.frombuffer (no copy); outputs are answered
 as `raw_output_contents`. Every size taken from a request is checked with Python integers (which do not
-overflow) against the bytes actually received before anything is allocated from it.
+overflow) against the bytes actually received before anything is allocated from it. The datatype table and
+the raw encoding itself live in onnx_serve.types, which the client shares.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from onnx_serve.core.errors import InvalidArgument
-
-
-@dataclass(frozen=True, slots=True)
-class DataType:
-    name: str  # the V2 datatype name, e.g. "FP32"
-    numpy: np.dtype[Any]
-    onnx: str  # the ONNX Runtime type string, e.g. "tensor(float)"
-    contents_field: str | None  # InferTensorContents field carrying it, None for raw only
-
-
-DATATYPES: dict[str, DataType] = {
-    dt.name: dt
-    for dt in (
-        DataType("BOOL", np.dtype(np.bool_), "tensor(bool)", "bool_contents"),
-        DataType("UINT8", np.dtype("<u1"), "tensor(uint8)", "uint_contents"),
-        DataType("UINT16", np.dtype("<u2"), "tensor(uint16)", "uint_contents"),
-        DataType("UINT32", np.dtype("<u4"), "tensor(uint32)", "uint_contents"),
-        DataType("UINT64", np.dtype("<u8"), "tensor(uint64)", "uint64_contents"),
-        DataType("INT8", np.dtype("<i1"), "tensor(int8)", "int_contents"),
-        DataType("INT16", np.dtype("<i2"), "tensor(int16)", "int_contents"),
-        DataType("INT32", np.dtype("<i4"), "tensor(int32)", "int_contents"),
-        DataType("INT64", np.dtype("<i8"), "tensor(int64)", "int64_contents"),
-        DataType("FP16", np.dtype("<f2"), "tensor(float16)", None),
-        DataType("FP32", np.dtype("<f4"), "tensor(float)", "fp32_contents"),
-        DataType("FP64", np.dtype("<f8"), "tensor(double)", "fp64_contents"),
-        DataType("BYTES", np.dtype(np.object_), "tensor(string)", "bytes_contents"),
-    )
-}
-BY_ONNX_TYPE = {dt.onnx: dt for dt in DATATYPES.values()}
-BY_NUMPY_KIND = {dt.numpy: dt for dt in DATATYPES.values() if dt.name != "BYTES"}
-
-
-@dataclass(frozen=True, slots=True)
-class TensorSpec:
-    """A model input or output as the V2 API describes it: -1 marks a dynamic axis."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def accepts_shape(self, shape: Sequence[int]) -> bool:
-        return len(shape) == len(self.shape) and all(
-            want < 0 or want == got for want, got in zip(self.shape, shape, strict=True)
-        )
+from onnx_serve.types import DATATYPES, DataType, datatype_of, deserialize_bytes
+from onnx_serve.types import TensorSpec as TensorSpec  # re-exported: callers of the checks here pass it
 
 
 def datatype(name: str, where: str) -> DataType:
@@ -136,7 +93,10 @@ def _as_text(array: np.ndarray, where: str) -> np.ndarray:
 
 def _from_raw(raw: bytes, dt: DataType, shape: tuple[int, ...], count: int, where: str) -> np.ndarray:
     if dt.name == "BYTES":
-        return deserialize_bytes(raw, count, where).reshape(shape)
+        try:
+            return deserialize_bytes(raw, count, where).reshape(shape)
+        except ValueError as exc:  # malformed contents: the client's fault
+            raise InvalidArgument(str(exc)) from None
     expected = count * dt.numpy.itemsize
     if len(raw) != expected:
         raise InvalidArgument(
@@ -164,44 +124,47 @@ def _from_contents(contents: Any, dt: DataType, shape: tuple[int, ...], count: i
         raise InvalidArgument(f"{where}: a value does not fit in {dt.name}") from None
 
 
-def deserialize_bytes(raw: bytes, count: int, where: str) -> np.ndarray:
-    """V2 BYTES raw encoding: each element is a 4-byte little-endian length followed by its bytes."""
-    items: list[bytes] = []
-    offset = 0
-    view = memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw) or len(items) >= count:
-            raise InvalidArgument(f"{where}: malformed BYTES raw contents (expected {count} elements)")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidArgument(f"{where}: BYTES element {len(items)} runs past the end of the raw contents")
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    if len(items) != count:
-        raise InvalidArgument(f"{where}: raw contents hold {len(items)} BYTES elements, shape needs {count}")
-    array = np.empty(count, dtype=np.object_)
-    array[:] = items
-    return array
+def check_arrays(inputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], max_elements: int
+                 ) -> dict[str, np.ndarray]:
+    """In-process inputs (numpy arrays by input name), held to the same rules as wire tensors: every input
+    given once, the model's datatype and shape, at most `max_elements` each. BYTES take str or bytes."""
+    by_name = {spec.name: spec for spec in specs}
+    checked: dict[str, np.ndarray] = {}
+    for name, given in inputs.items():
+        spec = by_name.get(name)
+        where = f"input '{name}'"
+        if spec is None:
+            raise InvalidArgument(f"{where}: the model has no such input (it takes {', '.join(by_name)})")
+        array = np.asarray(given)
+        try:
+            dt = datatype_of(array)
+        except KeyError:
+            raise InvalidArgument(f"{where}: numpy dtype {array.dtype} is not a V2 datatype") from None
+        if dt.name != spec.datatype:
+            raise InvalidArgument(f"{where}: datatype {dt.name} does not match the model's {spec.datatype}")
+        if not spec.accepts_shape(array.shape):
+            raise InvalidArgument(f"{where}: shape {list(array.shape)} does not match the model's {list(spec.shape)}")
+        element_count(array.shape, where, max_elements)
+        if dt.name == "BYTES":
+            array = _as_text(_bytes_elements(array, where).reshape(array.shape), where)
+        elif array.dtype != dt.numpy:  # big-endian: ONNX Runtime would read the bytes as little-endian
+            array = array.astype(dt.numpy)
+        checked[name] = array
+    missing = [name for name in by_name if name not in checked]
+    if missing:
+        raise InvalidArgument(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return checked
 
 
-def serialize_bytes(array: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    for item in array.ravel():
-        data = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(struct.pack("<I", len(data)))
-        parts.append(data)
-    return b"".join(parts)
-
-
-def datatype_of(array: np.ndarray) -> DataType:
-    if array.dtype == np.object_ or array.dtype.kind in "SU":
-        return DATATYPES["BYTES"]
-    return BY_NUMPY_KIND[array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype]
-
-
-def to_raw(array: np.ndarray) -> bytes:
-    dt = datatype_of(array)
-    if dt.name == "BYTES":
-        return serialize_bytes(array)
-    return np.ascontiguousarray(array, dtype=dt.numpy).tobytes()
+def _bytes_elements(array: np.ndarray, where: str) -> np.ndarray:
+    """The elements of a str, bytes or object array as bytes; anything else in an object array is refused
+    rather than turned into its repr."""
+    encoded = np.empty(array.size, dtype=np.object_)
+    for i, item in enumerate(array.flat):
+        if isinstance(item, bytes):
+            encoded[i] = item
+        elif isinstance(item, str):
+            encoded[i] = item.encode()
+        else:
+            raise InvalidArgument(f"{where}: BYTES element {i} is a {type(item).__name__}, not str or bytes")
+    return encoded

@@ -47,3 +47,21 @@ class DeadlineExceeded(ServeError):
     """The request's deadline passed before or during inference."""
 
     status_name: ClassVar[str] = "DEADLINE_EXCEEDED"
+
+
+class Internal(ServeError):
+    """A bug: the message names only the request id; the traceback is logged, never sent."""
+
+    status_name: ClassVar[str] = "INTERNAL"
+
+
+# A message travels back to the client in a status (gRPC: HTTP/2 trailers, percent-encoded, under grpc's
+# 8 KiB metadata limit): one echoing a huge untrusted name or datatype would reach the client as
+# RESOURCE_EXHAUSTED "Stream removed". Every edge bounds what it sends with this.
+MAX_STATUS_MESSAGE_CHARS = 400
+
+
+def bounded_message(text: str) -> str:
+    if len(text) <= MAX_STATUS_MESSAGE_CHARS:
+        return text
+    return text[:MAX_STATUS_MESSAGE_CHARS] + "... (truncated)"

@@ -187,7 +187,7 @@ class VersionMetrics:
                 _remove(m.provider_info, *labels)
 
 
-def _label_sets(metric: Gauge) -> list[tuple[str, ...]]:
+def _label_sets(metric: Gauge) -> list[Sequence[str]]:
     return list(metric._metrics)  # prometheus_client keeps children keyed by label values
 
 

@@ -8,6 +8,7 @@ first and swaps them in atomically, then drains the old ones, so requests never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -22,7 +23,15 @@ from onnx_serve.core.batching import Batcher, BatchPolicy, BatchTiming, JobResul
 from onnx_serve.core.errors import ConfigError, InvalidArgument, NotFound, ServeError, Unavailable
 from onnx_serve.core.metrics import Metrics, VersionMetrics
 from onnx_serve.core.model_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, ModelConfig, load_model_config
-from onnx_serve.core.runtime import RunnerPool, SessionPlan, Signature, create_session, signature_of, warmup_feeds
+from onnx_serve.core.runtime import (
+    RunnerPool,
+    SessionPlan,
+    Signature,
+    create_session,
+    first_line,
+    signature_of,
+    warmup_feeds,
+)
 from onnx_serve.core.settings import Settings, default_intra_op_threads
 from onnx_serve.core.stats import ModelStats
 from onnx_serve.imaging import load_labels
@@ -69,20 +78,40 @@ class ModelVersion:
     stats: ModelStats = field(default_factory=ModelStats)
     runners: RunnerPool | None = None
     batcher: Batcher | None = None
+    _pins: int = field(default=0, repr=False)
+    _unpinned: asyncio.Event | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> bool:
         return self.state is State.READY
 
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[ModelVersion]:
+        """Holds this version for one call, from lookup to answer: close() waits for every pinned call, so a
+        reload or unload never retires a version under a request that already chose it."""
+        self._pins += 1
+        try:
+            yield self
+        finally:
+            self._pins -= 1
+            if self._pins == 0 and self._unpinned is not None:
+                self._unpinned.set()
+
     async def infer(self, inputs: dict[str, np.ndarray], deadline_ns: int | None) -> JobResult:
-        if self.batcher is None or self.state is not State.READY:
+        # UNLOADING still serves the calls pinned before close() began (new lookups no longer find it).
+        if self.batcher is None or self.state not in (State.READY, State.UNLOADING):
             raise Unavailable(f"model '{self.name}' version {self.version} is {self.state.value.lower()}")
         return await self.batcher.submit(inputs, deadline_ns)
 
     async def close(self, forget_metrics: bool = True) -> None:
-        """Drains and stops this version. `forget_metrics` is False when a reload replaces it with the same
-        version number: its series are the replacement's now (prometheus_client shares children by label)."""
+        """Waits for the calls pinned to this version, then drains and stops it. `forget_metrics` is False
+        when a reload replaces it with the same version number: its series are the replacement's now
+        (prometheus_client shares children by label)."""
         self.state = State.UNLOADING
+        if self._pins:
+            if self._unpinned is None:  # shared, should close() be awaited twice
+                self._unpinned = asyncio.Event()
+            await self._unpinned.wait()
         if self.batcher is not None:
             await self.batcher.close()
         if self.runners is not None:
@@ -146,7 +175,8 @@ class Repository:
                 self.models[name] = model
             try:
                 config = load_model_config(directory / "config.yaml")
-                numbers = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+                numbers = sorted(int(p.name) for p in directory.iterdir()
+                                 if p.is_dir() and VERSION_NUMBER.fullmatch(p.name))
                 if not numbers:
                     raise ConfigError(f"{directory}: no version directories (expected {name}/1/{MODEL_FILENAME})")
                 chosen = config.version_policy.select(numbers)
@@ -203,6 +233,7 @@ class Repository:
             version.state, version.reason = State.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
             return version
         version.metrics.metrics.model_load_duration.labels(name, str(number)).observe(time.perf_counter() - started)
+        assert version.runners is not None  # _create_runtime either sets them or raises
         version.batcher = Batcher(_policy(version), version.runners, VersionObserver(version.stats, version.metrics))
         version.batcher.start()
         version.state = State.READY
@@ -235,7 +266,7 @@ class Repository:
             try:
                 session.run(None, feeds)
             except Exception as exc:
-                raise ConfigError(f"{version.path}: warm-up inference failed: {str(exc).splitlines()[0]}") from None
+                raise ConfigError(f"{version.path}: warm-up inference failed: {first_line(exc)}") from None
         version.runners = RunnerPool(sessions, f"{version.name}-{version.version}")
 
     def get(self, name: str, version: str = "") -> ModelVersion:

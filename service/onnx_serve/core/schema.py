@@ -48,7 +48,7 @@ class Section:
         return value
 
     def integer(self, key: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        value = self.raw.get(key, default)
+        value: int = self.raw.get(key, default)  # raw YAML (Any): an int only once in_range holds
         in_range = is_int(value) and value >= minimum and (maximum is None or value <= maximum)
         if not in_range:
             bounds = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"

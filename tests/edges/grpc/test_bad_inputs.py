@@ -18,13 +18,12 @@ import pytest
 from onnx import TensorProto
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.serving import (
-    ServerProcess,
     add_model,
     fixed_shape_model,
     identity_model,
     int64_bool_model,
-    running_server,
     string_model,
 )
 
@@ -49,13 +48,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    with running_server(repository, "--execution-providers", "cpu") as process:
-        yield process
+def server(repository: Path) -> Iterator[InProcessServer]:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def stub(server: ServerProcess, v2_stub_for: Callable) -> object:
+def stub(server: InProcessServer, v2_stub_for: Callable) -> object:
     return v2_stub_for(server.url)
 
 
@@ -299,7 +298,7 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def test_memory_and_metrics_stay_flat_under_bad_requests(server: ServerProcess, stub: object) -> None:
+def test_memory_and_metrics_stay_flat_under_bad_requests(server: InProcessServer, stub: object) -> None:
     matrix = [case.request for case in CASES.values()]
 
     def burst(count: int) -> list[str]:
@@ -320,9 +319,9 @@ def test_memory_and_metrics_stay_flat_under_bad_requests(server: ServerProcess, 
         return names
 
     burst(600)  # warm-up: arenas, caches, lazily created series
-    before = rss_kib(server.process.pid)
+    before = rss_kib(server.pid)
     ghosts = burst(2000)
-    after = rss_kib(server.process.pid)
+    after = rss_kib(server.pid)
     assert after - before < 20 * 1024, f"RSS grew from {before} KiB to {after} KiB over 2,000 bad requests"
     metrics = server.scrape()
     assert not any(name in metrics for name in ghosts[:50])

@@ -28,11 +28,10 @@ from onnx_serve.protos.onnxserve.v1 import classify_pb2 as pb
 from onnx_serve.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 from PIL import Image, ImageDraw
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.serving import (
     BUNDLED_MODELS,
-    ServerProcess,
     conv_classifier_model,
-    running_server,
     save_model,
     tensor,
 )
@@ -111,20 +110,20 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    with running_server(repository, "--execution-providers", "cpu",
-                        "--max-message-bytes", str(MAX_MESSAGE_BYTES)) as running:
+def server(repository: Path) -> Iterator[InProcessServer]:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",),
+                           max_message_bytes=MAX_MESSAGE_BYTES) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[Client]:
+def client(server: InProcessServer) -> Iterator[Client]:
     with Client(server.url, timeout=30) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def stub(server: ServerProcess) -> Iterator[pb_grpc.ImageClassifierStub]:
+def stub(server: InProcessServer) -> Iterator[pb_grpc.ImageClassifierStub]:
     with grpc.insecure_channel(server.url) as channel:
         yield pb_grpc.ImageClassifierStub(channel)
 
@@ -410,7 +409,7 @@ def test_client_stream_keeps_going_past_bad_requests(client: Client, tmp_path: P
     assert all(r.result() == expected for r in results[4:])
 
 
-def test_images_from_concurrent_requests_share_batches(client: Client, server: ServerProcess) -> None:
+def test_images_from_concurrent_requests_share_batches(client: Client, server: InProcessServer) -> None:
     image = encode(ring(28))
     start = threading.Barrier(32)
 

@@ -19,9 +19,10 @@ from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.metrics import samples, value
 from tests.helpers.prometheus import query_value, running_prometheus, wait_for_scrape
-from tests.helpers.serving import ServerProcess, add_model, conv_classifier_model, running_server
+from tests.helpers.serving import add_model, conv_classifier_model, running_server
 
 GOOD_INFER, BAD_INFER, UNKNOWN, GOOD_CLASSIFY, BAD_CLASSIFY = 5, 3, 2, 4, 2
 CONV_CONFIG = """\
@@ -74,13 +75,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server_after_traffic(repository: Path) -> Iterator[tuple[ServerProcess, str]]:
-    with running_server(repository) as server:
+def server_after_traffic(repository: Path) -> Iterator[tuple[InProcessServer, str]]:
+    with in_process_server(repository) as server:
         send_traffic(server.url)
         yield server, server.scrape()
 
 
-def test_counts_are_exact(server_after_traffic: tuple[ServerProcess, str]) -> None:
+def test_counts_are_exact(server_after_traffic: tuple[InProcessServer, str]) -> None:
     _, text = server_after_traffic
     requests = "onnx_serve_requests_total"
     assert value(text, requests, model="add", version="1", api="infer", code="OK") == GOOD_INFER
@@ -100,7 +101,7 @@ def test_counts_are_exact(server_after_traffic: tuple[ServerProcess, str]) -> No
     assert value(text, "onnx_serve_preprocess_duration_seconds_count", model="conv") == GOOD_CLASSIFY
 
 
-def test_gauges_and_info(server_after_traffic: tuple[ServerProcess, str]) -> None:
+def test_gauges_and_info(server_after_traffic: tuple[InProcessServer, str]) -> None:
     _, text = server_after_traffic
     assert value(text, "onnx_serve_queue_depth") == 0
     assert value(text, "onnx_serve_inflight_requests") == 0
@@ -116,7 +117,7 @@ def test_gauges_and_info(server_after_traffic: tuple[ServerProcess, str]) -> Non
 
 
 def test_label_values_are_bounded(repository: Path) -> None:
-    with running_server(repository) as server, tc.InferenceServerClient(server.url) as client:
+    with in_process_server(repository) as server, tc.InferenceServerClient(server.url) as client:
         with pytest.raises(InferenceServerException):
             client.get_model_metadata("x" * 500)
         a = tc.InferInput("a", [1, 4], "FP32")
@@ -129,7 +130,7 @@ def test_label_values_are_bounded(repository: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (Debian package prometheus)")
-def test_promtool_accepts_the_exposition(server_after_traffic: tuple[ServerProcess, str]) -> None:
+def test_promtool_accepts_the_exposition(server_after_traffic: tuple[InProcessServer, str]) -> None:
     _, text = server_after_traffic
     result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tc
 from onnx_serve.core import tracing
+from onnx_serve.core.accounting import CallRecord as Call
 from onnx_serve.core.batching import BatchTiming, JobResult
 from onnx_serve.core.metrics import Metrics
-from onnx_serve.edges.grpc.common import Call
 from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor

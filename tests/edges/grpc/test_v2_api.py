@@ -19,16 +19,15 @@ from onnx_serve import __version__
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.serving import (
     ROOT,
-    ServerProcess,
     add_model,
     conv_classifier_model,
     fixed_shape_model,
     identity_model,
     int64_bool_model,
     matmul_model,
-    running_server,
     save_model,
     string_model,
     tensor,
@@ -107,13 +106,13 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    with running_server(repository, *SERVER_FLAGS) as process:
-        yield process
+def server(repository: Path) -> Iterator[InProcessServer]:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+def client(server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
     with triton.InferenceServerClient(server.url) as c:
         yield c
 
@@ -195,7 +194,7 @@ def test_infer_every_datatype_raw_via_tritonclient(client: triton.InferenceServe
 
 
 @pytest.mark.parametrize("datatype", [d for d, (_, _, field) in NUMERIC.items() if field] + ["BYTES"])
-def test_infer_every_datatype_typed_contents(v2_stub_for: Callable, server: ServerProcess, repository: Path,
+def test_infer_every_datatype_typed_contents(v2_stub_for: Callable, server: InProcessServer, repository: Path,
                                              datatype: str) -> None:
     model = "strings" if datatype == "BYTES" else f"id_{datatype.lower()}"
     x = np.array([b"a", b"\x00z\xc3\xa9"], dtype=np.object_) if datatype == "BYTES" else sample(datatype, (2, 3))
@@ -390,7 +389,7 @@ def test_repository_index_reports_states_and_reasons(client: triton.InferenceSer
         assert grpc_code(excinfo) == "UNAVAILABLE"
 
 
-def test_repository_index_ready_filter(v2_stub_for: Callable, server: ServerProcess) -> None:
+def test_repository_index_ready_filter(v2_stub_for: Callable, server: InProcessServer) -> None:
     response = v2_stub_for(server.url).RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=10)
     assert response.models and all(m.state == "READY" for m in response.models)
     assert "corrupt" not in {m.name for m in response.models}
@@ -463,7 +462,8 @@ def test_acceptance_image_classifier_matches_onnxruntime(tmp_path: Path, classif
     shape = [4 if not isinstance(d, int) or d < 0 else d for d in spec.shape]
     images = np.random.default_rng(3).random(shape, dtype=np.float32)
     expected = session.run(None, {spec.name: images})[0]
-    with running_server(tmp_path, *SERVER_FLAGS) as process, triton.InferenceServerClient(process.url) as c:
+    with (in_process_server(tmp_path, execution_providers=("CPUExecutionProvider",)) as running,
+          triton.InferenceServerClient(running.url) as c):
         assert c.is_server_ready() and c.is_model_ready("classifier")
         output = session.get_outputs()[0].name
         got = c.infer("classifier", [infer_input(spec.name, images, "FP32")]).as_numpy(output)

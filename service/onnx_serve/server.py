@@ -1,0 +1,196 @@
+"""The server in this process: the data plane, its edges and the /metrics exporter, started and stopped from
+Python (async or sync) or run until a signal by `onnx-serve serve`.
+
+    from onnx_serve import Server, Settings
+
+    with Server("models", Settings(grpc_port=0, metrics_port=0)) as server:   # a thread runs its loop
+        print(server.grpc_url)
+
+    async with Server("models") as server:                                    # on the running loop
+        result = await server.data_plane.infer("mnist-cnn", "", {"input": batch})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIServer
+
+from onnx_serve.core import tracing
+from onnx_serve.core.dataplane import DataPlane
+from onnx_serve.core.metrics import Metrics, start_exporter
+from onnx_serve.core.repository import Repository
+from onnx_serve.core.settings import Settings
+from onnx_serve.edges.grpc.server import GrpcEdge, PortUnavailable
+
+log = logging.getLogger("onnx_serve.server")
+T = TypeVar("T")
+
+
+class Server:
+    """One onnx-serve server. `repository` overrides `settings.model_repository`. Ports set to 0 are
+    resolved at start (see grpc_port, metrics_port); a metrics port of -1 disables the exporter."""
+
+    def __init__(self, repository: str | Path | None = None, settings: Settings | None = None, *,
+                 reuse_port: bool = False, worker: int | None = None) -> None:
+        settings = settings or Settings()
+        if repository is not None:
+            settings = dataclasses.replace(settings, model_repository=Path(repository))
+        self.settings = settings
+        self.worker = worker  # the worker's index when one of several processes
+        self.metrics = Metrics()
+        self.repository = Repository(settings.model_repository, settings, self.metrics)
+        self.data_plane = DataPlane(self.repository, self.metrics, max_elements=settings.max_message_bytes)
+        self._reuse_port = reuse_port
+        self._grpc: GrpcEdge | None = None
+        self._exporter: WSGIServer | None = None
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.grpc_port = 0
+        self.metrics_port = 0
+
+    @property
+    def grpc_url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"{host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        host = "127.0.0.1" if self.settings.metrics_bind_host in ("0.0.0.0", "") else self.settings.metrics_bind_host
+        return f"http://{host}:{self.metrics_port}/metrics"
+
+    # ------------------------------------------------------------------------------------------------ async
+
+    async def start(self) -> None:
+        """Binds the edges, loads every model (READY after its warm-up), then reports health. Raises
+        PortUnavailable when the gRPC address cannot be bound."""
+        settings = self.settings
+        if settings.tracing:
+            tracing.setup()
+        self._grpc = GrpcEdge(self.data_plane, settings, self._reuse_port)
+        self.grpc_port = await self._grpc.start()
+        if settings.metrics_port >= 0:
+            self._exporter, _, self.metrics_port = start_exporter(settings.metrics_bind_host, settings.metrics_port,
+                                                                  self.metrics)
+            log.info("metrics listening on %s:%d", settings.metrics_bind_host, self.metrics_port)
+        if self.worker is None:
+            log.info("grpc listening on %s:%d%s", settings.host, self.grpc_port,
+                     " (TLS)" if self._grpc.credentials else "")
+        self.repository.listeners.append(self._grpc.publish_health)
+        await self.repository.load_all()
+        self.data_plane.started = True
+        await self._grpc.publish_health()
+        who = "server" if self.worker is None else f"worker {self.worker}"
+        log.info("%s %s", who, "ready" if self.data_plane.ready() else "started, but not every model is ready")
+
+    async def reload(self) -> None:
+        """Reloads every model of the repository (SIGHUP): new versions load beside the serving ones."""
+        log.info("reloading the model repository")
+        await self.repository.reload_all()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drains: health NOT_SERVING, new RPCs refused, in-flight ones finish within the grace period."""
+        grace = self.settings.grace_period_s if grace_s is None else grace_s
+        log.info("draining: finishing in-flight requests for up to %.1fs", grace)
+        self.data_plane.draining = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        for task in list(self._reloads):
+            task.cancel()
+        await self.repository.close()
+        self.data_plane.close()
+        if self._exporter is not None:
+            self._exporter.shutdown()
+            self._exporter.server_close()
+        tracing.shutdown()
+        log.info("stopped")
+
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Runs until SIGTERM or SIGINT (then drains and returns 0); SIGHUP reloads. Returns 1 when the
+        server cannot start (the reason is logged)."""
+        try:
+            await self.start()
+        except (PortUnavailable, ValueError) as exc:
+            log.error("%s", exc)
+            return 1
+        if on_ready is not None:
+            on_ready()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        await self.stop()
+        return 0
+
+    def _reload_in_background(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------------------------------------- sync
+
+    def __enter__(self) -> Server:
+        """Starts the server on an event loop of its own, in a background thread."""
+        ready = threading.Event()
+
+        def run_loop() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run_loop, name="onnx-serve", daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self.call(self.start())
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.call(self.stop())
+        finally:
+            self._stop_loop()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
+        """Runs a coroutine on the server's loop (sync use only) and waits for its result, e.g.
+        `server.call(server.data_plane.infer(...))`."""
+        if self._loop is None:
+            raise RuntimeError("the server is not running in a thread: use `with Server(...)`")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout_s)
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._loop, self._thread = None, None
