@@ -203,8 +203,11 @@ class DataPlane:
         try:
             chosen = self.repository.get(model, version)
             call.version = str(chosen.version)
-            with chosen.pinned():
+            chosen.pin()
+            try:
                 return await self._infer(chosen, call, inputs, outputs, deadline_ns, parameters)
+            finally:
+                chosen.unpin()
         except BaseException as exc:
             raise call.failed(exc) from None
         finally:
@@ -249,8 +252,11 @@ class DataPlane:
         try:
             chosen = self.repository.get(model, version)
             call.version = str(chosen.version)
-            with chosen.pinned():
+            chosen.pin()
+            try:
                 return await self._classify(chosen, call, images, top_k, deadline_ns)
+            finally:
+                chosen.unpin()
         except BaseException as exc:
             raise call.failed(exc) from None
         finally:

@@ -85,17 +85,24 @@ class ModelVersion:
     def ready(self) -> bool:
         return self.state is State.READY
 
+    def pin(self) -> None:
+        """Holds this version for one call, from lookup to answer (release it with unpin()): close() waits for
+        every pinned call, so a reload or unload never retires a version under a request that chose it."""
+        self._pins += 1
+
+    def unpin(self) -> None:
+        self._pins -= 1
+        if self._pins == 0 and self._unpinned is not None:
+            self._unpinned.set()
+
     @contextlib.contextmanager
     def pinned(self) -> Iterator[ModelVersion]:
-        """Holds this version for one call, from lookup to answer: close() waits for every pinned call, so a
-        reload or unload never retires a version under a request that already chose it."""
-        self._pins += 1
+        """pin() and unpin() around a block (the request path calls them directly: a generator costs more)."""
+        self.pin()
         try:
             yield self
         finally:
-            self._pins -= 1
-            if self._pins == 0 and self._unpinned is not None:
-                self._unpinned.set()
+            self.unpin()
 
     async def infer(self, inputs: dict[str, np.ndarray], deadline_ns: int | None) -> JobResult:
         # UNLOADING still serves the calls pinned before close() began (new lookups no longer find it).

@@ -110,6 +110,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: int | None, api: str) -> InferResult:
         return await self.plane.infer(request.model_name, request.model_version,
-                                      input_decoder(request, self.plane.max_elements), requested_outputs(request),
+                                      input_decoder(request, self.plane.max_elements),
+                                      requested_outputs(request) if request.outputs else (),
                                       deadline_ns=deadline, request_id=request.id,
-                                      parameters=parameter_values(request.parameters), api=api)
+                                      parameters=parameter_values(request.parameters) if request.parameters else None,
+                                      api=api)
