@@ -17,10 +17,10 @@ import pytest
 from onnx_serve.client.client import Client
 from PIL import Image, ImageDraw
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.pki import write_pki
-from tests.helpers.serving import BUNDLED_MODELS, ROOT, ServerProcess, conv_classifier_model, running_server
+from tests.helpers.serving import BUNDLED_MODELS, ROOT, conv_classifier_model
 
-FLAGS = ("--execution-providers", "cpu")
 GREY_CONFIG = "preprocess: {color_mode: L, width: 8, height: 8}\nlabels: labels.txt\npostprocess: {top_k: 3}\n"
 LABELS = ["zero", "one", "a much longer label"]
 MNIST = BUNDLED_MODELS / "mnist-cnn"
@@ -44,8 +44,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[ServerProcess]:
-    with running_server(repository, *FLAGS) as running:
+def server(repository: Path) -> Iterator[InProcessServer]:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
         yield running
 
 
@@ -97,7 +97,7 @@ def parse_tables(stdout: str) -> list[tuple[str, list[tuple[int, float, int, str
     return parsed
 
 
-def test_table_per_image(server: ServerProcess, images: dict[str, Path]) -> None:
+def test_table_per_image(server: InProcessServer, images: dict[str, Path]) -> None:
     paths = [images["ring.png"], images["stroke.jpg"], images["noise.bmp"]]
     result = classify("--url", server.url, "--model", "grey", *paths)
     assert (result.returncode, result.stderr) == (0, "")
@@ -112,7 +112,7 @@ def test_table_per_image(server: ServerProcess, images: dict[str, Path]) -> None
         assert {label for *_, label in rows} == set(LABELS)
 
 
-def test_json_lines(server: ServerProcess, images: dict[str, Path]) -> None:
+def test_json_lines(server: InProcessServer, images: dict[str, Path]) -> None:
     paths = [images["ring.png"], images["noise.bmp"]]
     result = classify("--url", server.url, "--model", "grey", "--top-k", "2", "--json", *paths)
     assert (result.returncode, result.stderr) == (0, "")
@@ -127,7 +127,7 @@ def test_json_lines(server: ServerProcess, images: dict[str, Path]) -> None:
         assert [np.float32(e["score"]) for e in line["top"]] == [np.float32(p.score) for p in top]  # exact
 
 
-def test_bad_files_get_one_line_each_and_the_good_ones_still_print(server: ServerProcess,
+def test_bad_files_get_one_line_each_and_the_good_ones_still_print(server: InProcessServer,
                                                                      images: dict[str, Path]) -> None:
     bad = ["missing.png", "notes.txt", "truncated.png", "empty.png", "a directory"]
     paths = [images["ring.png"], *(images[name] for name in bad), images["stroke.jpg"]]
@@ -145,7 +145,7 @@ def test_bad_files_get_one_line_each_and_the_good_ones_still_print(server: Serve
         assert reason in line and "image 0" not in line, line
 
 
-def test_a_reader_that_leaves_early_gets_no_traceback(server: ServerProcess, images: dict[str, Path]) -> None:
+def test_a_reader_that_leaves_early_gets_no_traceback(server: InProcessServer, images: dict[str, Path]) -> None:
     command = [sys.executable, "-m", "onnx_serve", "classify", "--url", server.url, "--model", "grey",
                *[str(images["ring.png"])] * 600]  # more output than a pipe buffers
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as process:
@@ -166,7 +166,7 @@ def test_unreachable_server_is_one_line_and_exit_2(images: dict[str, Path]) -> N
 
 @pytest.mark.parametrize(("model", "reason"), [("missing", "unknown model 'missing' (NOT_FOUND)"),
                                                ("no-preprocess", "no preprocess section")])
-def test_a_model_that_cannot_classify_stops_at_the_first_image(server: ServerProcess, images: dict[str, Path],
+def test_a_model_that_cannot_classify_stops_at_the_first_image(server: InProcessServer, images: dict[str, Path],
                                                                model: str, reason: str) -> None:
     result = classify("--url", server.url, "--model", model, images["ring.png"], images["stroke.jpg"])
     assert (result.returncode, result.stdout) == (2, "")
@@ -174,7 +174,7 @@ def test_a_model_that_cannot_classify_stops_at_the_first_image(server: ServerPro
     assert line.startswith(f"onnx-serve classify: {server.url}: ") and reason in line, line
 
 
-def test_url_from_the_environment_and_usage_errors(server: ServerProcess, images: dict[str, Path]) -> None:
+def test_url_from_the_environment_and_usage_errors(server: InProcessServer, images: dict[str, Path]) -> None:
     result = classify("--model", "grey", "--json", images["ring.png"], env={"ONNX_SERVE_URL": server.url})
     assert result.returncode == 0 and json.loads(result.stdout)["image"] == str(images["ring.png"])
     assert classify("--top-k", "0", images["ring.png"]).returncode == 2
@@ -191,9 +191,9 @@ def test_mutual_tls_and_token_file(repository: Path, images: dict[str, Path], tm
     (tmp_path / "my-token").write_text("# the token\nletmein\n")
     (tmp_path / "wrong-token").write_text("nope\n")
     tls = ("--tls-ca", pki["ca"], "--tls-cert", pki["client-cert"], "--tls-key", pki["client-key"])
-    with running_server(repository, *FLAGS, "--auth-token-file", str(tmp_path / "tokens"), "--tls-cert",
-                        str(pki["server-cert"]), "--tls-key", str(pki["server-key"]), "--tls-client-ca",
-                        str(pki["ca"])) as secured:
+    with in_process_server(repository, execution_providers=("CPUExecutionProvider",),
+                           auth_token_file=tmp_path / "tokens", tls_cert=pki["server-cert"],
+                           tls_key=pki["server-key"], tls_client_ca=pki["ca"]) as secured:
         url = secured.url
         ok = classify("--url", url, "--model", "grey", "--token-file", tmp_path / "my-token", *tls,
                       images["ring.png"])
@@ -215,7 +215,7 @@ def test_mutual_tls_and_token_file(repository: Path, images: dict[str, Path], tm
 
 
 @pytest.mark.skipif(not (MNIST / "1" / "model.onnx").is_file(), reason="the bundled models/mnist-cnn is not built yet")
-def test_bundled_model_is_the_default(server: ServerProcess, images: dict[str, Path]) -> None:
+def test_bundled_model_is_the_default(server: InProcessServer, images: dict[str, Path]) -> None:
     result = classify("--url", server.url, "--json", images["ring.png"], images["stroke.jpg"])
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["top"][0]["label"] for line in result.stdout.splitlines()] == ["0", "1"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,26 +29,41 @@ labels: labels.txt
 """
 
 
-def build_repository(root: Path) -> Path:
+def build_repository(root: Path, with_slow_model: bool) -> Path:
     add_model(root / "add" / "1" / "model.onnx")
     conv_classifier_model(root / "conv" / "1" / "model.onnx", classes=3, size=8)
     (root / "conv" / "config.yaml").write_text(CONV_CONFIG)
     (root / "conv" / "labels.txt").write_text("zero\none\ntwo\n")
-    slow_model(root / "slow" / "1" / "model.onnx", milliseconds=150)
+    if with_slow_model:  # its warm-up alone takes a while: only for the tests that keep calls in flight
+        slow_model(root / "slow" / "1" / "model.onnx", milliseconds=150)
     return root
+
+
+@asynccontextmanager
+async def serving(root: Path, with_slow_model: bool = False) -> AsyncIterator[DataPlane]:
+    metrics = Metrics()
+    settings = Settings(execution_providers=("CPUExecutionProvider",))
+    repository = Repository(build_repository(root, with_slow_model), settings, metrics)
+    await repository.load_all()
+    data_plane = DataPlane(repository, metrics, max_elements=1 << 20)
+    data_plane.started = True
+    try:
+        yield data_plane
+    finally:
+        await repository.close()
+        data_plane.close()
 
 
 @pytest.fixture
 async def plane(tmp_path: Path) -> AsyncIterator[DataPlane]:
-    metrics = Metrics()
-    settings = Settings(execution_providers=("CPUExecutionProvider",))
-    repository = Repository(build_repository(tmp_path), settings, metrics)
-    await repository.load_all()
-    data_plane = DataPlane(repository, metrics, max_elements=1 << 20)
-    data_plane.started = True
-    yield data_plane
-    await repository.close()
-    data_plane.close()
+    async with serving(tmp_path) as data_plane:
+        yield data_plane
+
+
+@pytest.fixture
+async def slow_plane(tmp_path: Path) -> AsyncIterator[DataPlane]:
+    async with serving(tmp_path, with_slow_model=True) as data_plane:
+        yield data_plane
 
 
 def sample(plane: DataPlane, name: str, **labels: str) -> float:
@@ -177,7 +193,8 @@ async def test_classify_reports_the_first_bad_image_by_index(plane: DataPlane) -
     assert (stats.stats.success.count, stats.stats.fail.count) == (0, 2)
 
 
-async def test_a_pinned_version_finishes_its_call_through_an_unload(plane: DataPlane) -> None:
+async def test_a_pinned_version_finishes_its_call_through_an_unload(slow_plane: DataPlane) -> None:
+    plane = slow_plane
     call = asyncio.create_task(plane.infer("slow", "", {"x": np.ones((1, 2), np.float32)}))
     await asyncio.sleep(0.03)  # the call has chosen its version and waits on the model
     unload = asyncio.create_task(plane.unload_model("slow"))
@@ -189,7 +206,8 @@ async def test_a_pinned_version_finishes_its_call_through_an_unload(plane: DataP
     assert excinfo.value.status_name == "UNAVAILABLE"  # on disk, unloaded
 
 
-async def test_a_reload_never_retires_a_version_under_its_call(plane: DataPlane) -> None:
+async def test_a_reload_never_retires_a_version_under_its_call(slow_plane: DataPlane) -> None:
+    plane = slow_plane
     calls = [asyncio.create_task(plane.infer("slow", "", {"x": np.ones((1, 2), np.float32)})) for _ in range(3)]
     await asyncio.sleep(0.03)
     await plane.load_model("slow")

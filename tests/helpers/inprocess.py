@@ -5,20 +5,38 @@ tests.helpers.serving instead."""
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from onnx_serve import Server, Settings
 
 
+class _Lines(logging.Handler):
+    """Keeps the onnx_serve log lines formatted as the CLI writes them, for tests that read the log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record) + "\n")
+
+
 @dataclass
 class InProcessServer:
     server: Server
+    _log: _Lines = field(default_factory=_Lines)
+
+    def log(self) -> str:
+        """What the onnx_serve loggers wrote while this server ran (every server's, if several run at once)."""
+        return "".join(self._log.lines)
 
     @property
     def url(self) -> str:
@@ -50,5 +68,14 @@ def in_process_server(repository: Path, **settings: Any) -> Iterator[InProcessSe
     """`settings` are onnx_serve.Settings fields, e.g. execution_providers=("CPUExecutionProvider",)."""
     chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "grace_period_s": 5.0,
                          **settings})
-    with Server(repository, chosen) as server:
-        yield InProcessServer(server)
+    ours = logging.getLogger("onnx_serve")
+    lines = _Lines()
+    ours.addHandler(lines)
+    level = ours.level
+    ours.setLevel(logging.INFO)  # the CLI's default level, as the subprocess servers run
+    try:
+        with Server(repository, chosen) as server:
+            yield InProcessServer(server, lines)
+    finally:
+        ours.removeHandler(lines)
+        ours.setLevel(level)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import socket
 from collections.abc import Sequence
+from socketserver import ThreadingMixIn
 from threading import Thread
 from typing import Any
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import onnxruntime
 from prometheus_client import (
@@ -28,8 +30,8 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    make_wsgi_app,
     multiprocess,
-    start_http_server,
 )
 
 from onnx_serve import __version__
@@ -196,6 +198,20 @@ def _remove(metric: Gauge, *labels: str) -> None:
         metric.remove(*labels)
 
 
+# wsgiref's serve_forever looks for a shutdown request once per poll interval: short, so that stopping a
+# server (an in-process one in a notebook or a test, too) takes milliseconds, not half a second.
+EXPORTER_POLL_S = 0.05
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # one line per scrape would be noise
+        pass
+
+
+class _ExporterServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
 def start_exporter(host: str, port: int, metrics: Metrics | None) -> tuple[WSGIServer, Thread, int]:
     """Serves /metrics; in multiprocess mode it aggregates every worker's files instead of one registry."""
     if metrics is None or multiprocess_mode():
@@ -205,5 +221,10 @@ def start_exporter(host: str, port: int, metrics: Metrics | None) -> tuple[WSGIS
             registry.register(collector)
     else:
         registry = metrics.registry
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("ExporterServer", (_ExporterServer,), {"address_family": family})
+    server: WSGIServer = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)
+    thread = Thread(target=server.serve_forever, kwargs={"poll_interval": EXPORTER_POLL_S}, name="metrics",
+                    daemon=True)
+    thread.start()
     return server, thread, server.server_port

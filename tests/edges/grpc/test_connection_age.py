@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as tc
 
-from tests.helpers.serving import add_model, running_server
+from tests.helpers.inprocess import in_process_server
+from tests.helpers.serving import add_model
 
 
 @contextmanager
@@ -56,12 +57,12 @@ def add_inputs() -> list[tc.InferInput]:
 
 def test_connections_are_recycled_without_failing_requests(tmp_path: Path) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    flags = ("--max-connection-age", "1", "--max-connection-age-grace", "1")
-    with running_server(tmp_path, *flags) as server, counting_proxy(server.grpc_port) as (port, accepted):
+    with in_process_server(tmp_path, max_connection_age_s=0.5, max_connection_age_grace_s=0.5) as server, \
+            counting_proxy(server.grpc_port) as (port, accepted):
         inputs = add_inputs()
         failures, successes = [], 0
         with tc.InferenceServerClient(f"127.0.0.1:{port}") as client:
-            deadline = time.monotonic() + 4.5
+            deadline = time.monotonic() + 2.4
             while time.monotonic() < deadline:
                 try:
                     client.infer("add", inputs)
@@ -70,30 +71,31 @@ def test_connections_are_recycled_without_failing_requests(tmp_path: Path) -> No
                     failures.append(str(exc))
                 time.sleep(0.005)
         assert failures == []
-        assert successes > 50
-        assert accepted[0] >= 3  # one connection per ~1 s age instead of one for the whole run
+        assert successes > 30
+        assert accepted[0] >= 3  # one connection per ~0.5 s of age instead of one for the whole run
 
 
 def test_without_an_age_one_connection_serves_everything(tmp_path: Path) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    with running_server(tmp_path) as server, counting_proxy(server.grpc_port) as (port, accepted):
+    with in_process_server(tmp_path) as server, counting_proxy(server.grpc_port) as (port, accepted):
         inputs = add_inputs()
         with tc.InferenceServerClient(f"127.0.0.1:{port}") as client:
-            deadline = time.monotonic() + 2.5
+            deadline = time.monotonic() + 1.2
             while time.monotonic() < deadline:
                 client.infer("add", inputs)
         assert accepted[0] == 1
 
 
 def test_round_robin_spreads_requests_over_replicas_by_their_metrics(tmp_path: Path) -> None:
-    """Two server processes, as two pods behind a headless Service; our client with a round_robin target over
-    both addresses. Each process's own /metrics shows it served about half of the requests."""
+    """Two servers, each with its own port and /metrics, as two pods behind a headless Service; our client with a
+    round_robin target over both addresses. Each server's own /metrics shows it served about half of the
+    requests."""
     from onnx_serve.client.client import Client
 
     from tests.helpers.metrics import value
 
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    with running_server(tmp_path) as first, running_server(tmp_path) as second:
+    with in_process_server(tmp_path) as first, in_process_server(tmp_path) as second:
         target = f"ipv4:127.0.0.1:{first.grpc_port},127.0.0.1:{second.grpc_port}"
         with Client(target, timeout=10) as client:
             for _ in range(40):

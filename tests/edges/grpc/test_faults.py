@@ -12,8 +12,9 @@ import tritonclient.grpc as tc
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
+from tests.helpers.inprocess import in_process_server
 from tests.helpers.metrics import value
-from tests.helpers.serving import add_model, running_server, save_model, tensor
+from tests.helpers.serving import add_model, save_model, tensor
 
 
 def reshape_model(path: Path) -> Path:
@@ -43,7 +44,7 @@ def add_ok(client: tc.InferenceServerClient, model: str = "add") -> bool:
 def test_a_run_time_failure_is_reported_and_isolated(tmp_path: Path) -> None:
     reshape_model(tmp_path / "reshape" / "1" / "model.onnx")
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    with running_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+    with in_process_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
         assert client.infer("reshape", reshape_inputs([4, 2])).as_numpy("y").shape == (4, 2)
         with pytest.raises(InferenceServerException) as failure:
             client.infer("reshape", reshape_inputs([3, 3]), request_id="bad-reshape")
@@ -61,7 +62,7 @@ def test_corrupt_and_missing_files_recover_by_reload(tmp_path: Path) -> None:
     (tmp_path / "broken" / "1").mkdir(parents=True)
     (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"\x08\x01garbage, not a protobuf" * 10)
     (tmp_path / "empty" / "1").mkdir(parents=True)
-    with running_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+    with in_process_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
         index = {m.name: m for m in client.get_model_repository_index().models}
         assert index["broken"].state == "UNAVAILABLE" and "cannot load the model" in index["broken"].reason
         assert index["empty"].state == "UNAVAILABLE" and "file not found" in index["empty"].reason
@@ -83,7 +84,7 @@ def test_corrupt_and_missing_files_recover_by_reload(tmp_path: Path) -> None:
 def test_missing_provider_falls_back_visibly(tmp_path: Path) -> None:
     add_model(tmp_path / "accelerated" / "1" / "model.onnx")
     (tmp_path / "accelerated" / "config.yaml").write_text("execution_providers: [tensorrt, cpu]\n")
-    with running_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+    with in_process_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
         assert add_ok(client, "accelerated")
         parameters = client.get_model_config("accelerated").config.parameters
         assert parameters["execution_providers"].string_value == "CPUExecutionProvider"
@@ -100,7 +101,7 @@ def test_strict_providers_fail_only_that_model_until_fixed(tmp_path: Path) -> No
     add_model(tmp_path / "accelerated" / "1" / "model.onnx")
     config = tmp_path / "accelerated" / "config.yaml"
     config.write_text("execution_providers: [cuda]\n")
-    with running_server(tmp_path, "--strict-providers", "--execution-providers", "cpu") as server, \
+    with in_process_server(tmp_path, strict_providers=True, execution_providers=("CPUExecutionProvider",)) as server, \
             tc.InferenceServerClient(server.url) as client:
         index = {m.name: m for m in client.get_model_repository_index().models}
         assert index["accelerated"].state == "UNAVAILABLE"
@@ -117,7 +118,7 @@ def test_a_preprocess_config_that_does_not_fit_the_model_fails_at_load(tmp_path:
     conv_classifier_model(tmp_path / "conv" / "1" / "model.onnx", size=8)
     (tmp_path / "conv" / "config.yaml").write_text("preprocess: {color_mode: L, width: 28, height: 28}\n")
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    with running_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+    with in_process_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
         index = {m.name: m for m in client.get_model_repository_index().models}
         assert index["conv"].state == "UNAVAILABLE"
         assert "preprocess gives FP32 [1, 1, 28, 28]" in index["conv"].reason

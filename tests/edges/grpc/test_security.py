@@ -22,6 +22,7 @@ from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from tests.helpers.inprocess import InProcessServer, in_process_server
 from tests.helpers.serving import ServerProcess, add_model, running_server
 
 TOKEN = "s3cret-token-for-tests"
@@ -110,12 +111,12 @@ def live(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...] = ()) -> b
 
 
 @pytest.fixture(scope="module")
-def tls_server(repository: Path, pki: Pki) -> Iterator[ServerProcess]:
-    with running_server(repository, "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)) as server:
+def tls_server(repository: Path, pki: Pki) -> Iterator[InProcessServer]:
+    with in_process_server(repository, tls_cert=pki.server_cert, tls_key=pki.server_key) as server:
         yield server
 
 
-def test_tls_serves_tritonclient_and_grpc(tls_server: ServerProcess, pki: Pki) -> None:
+def test_tls_serves_tritonclient_and_grpc(tls_server: InProcessServer, pki: Pki) -> None:
     url = f"localhost:{tls_server.grpc_port}"
     with tc.InferenceServerClient(url, ssl=True, root_certificates=str(pki.ca)) as client:
         assert client.is_server_ready()
@@ -125,13 +126,13 @@ def test_tls_serves_tritonclient_and_grpc(tls_server: ServerProcess, pki: Pki) -
         assert live(channel)
 
 
-def test_tls_refuses_plaintext(tls_server: ServerProcess) -> None:
+def test_tls_refuses_plaintext(tls_server: InProcessServer) -> None:
     with grpc.insecure_channel(tls_server.url) as channel, pytest.raises(grpc.RpcError) as error:
         live(channel)
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_tls_refuses_a_client_that_does_not_trust_the_server(tls_server: ServerProcess, pki: Pki) -> None:
+def test_tls_refuses_a_client_that_does_not_trust_the_server(tls_server: InProcessServer, pki: Pki) -> None:
     untrusted = grpc.ssl_channel_credentials(pki.other_client_cert.read_bytes())
     with grpc.secure_channel(f"localhost:{tls_server.grpc_port}", untrusted) as channel, \
             pytest.raises(grpc.RpcError) as error:
@@ -140,8 +141,8 @@ def test_tls_refuses_a_client_that_does_not_trust_the_server(tls_server: ServerP
 
 
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(repository: Path, pki: Pki) -> None:
-    flags = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-client-ca", str(pki.ca))
-    with running_server(repository, *flags) as server:
+    with in_process_server(repository, tls_cert=pki.server_cert, tls_key=pki.server_key,
+                           tls_client_ca=pki.ca) as server:
         url = f"localhost:{server.grpc_port}"
         with tc.InferenceServerClient(url, ssl=True, root_certificates=str(pki.ca), private_key=str(pki.client_key),
                                       certificate_chain=str(pki.client_cert)) as client:
@@ -205,7 +206,7 @@ def test_reflection_describes_our_services(repository: Path) -> None:
     from google.protobuf import descriptor_pb2
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with running_server(repository) as server, grpc.insecure_channel(server.url) as channel:
+    with in_process_server(repository) as server, grpc.insecure_channel(server.url) as channel:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService")
         answer = next(reflection.ServerReflectionInfo(iter([request])))
