@@ -6,8 +6,9 @@ onnxruntime or the server.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from onnx_serve._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -26,16 +27,4 @@ _EXPORTS = {
 }
 
 __all__ = ["AsyncClient", "Client", "ClientError", "Prediction", "Server", "Settings", "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'onnx_serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,6 +40,7 @@ UNSUPPORTED_OUTPUT_PARAMETERS = frozenset({"classification", "shared_memory_regi
                                            "shared_memory_offset"})
 
 ParameterValue = bool | int | float | str
+T = TypeVar("T")
 InputDecoder = Callable[[Signature], dict[str, np.ndarray]]
 """Turns a wire request into model inputs, given the pinned version's signature (so edges decode once,
 straight into the shapes and datatypes the model takes)."""
@@ -191,7 +193,26 @@ class DataPlane:
     async def unload_model(self, name: str) -> None:
         await self.repository.unload(name)
 
-    # ----------------------------------------------------------------------------------------------- infer
+    # ------------------------------------------------------------------------------------ infer, classify
+
+    async def _served(self, api: str, model: str, version: str, request_id: str,
+                      work: Callable[[ModelVersion, CallRecord], Awaitable[T]]) -> T:
+        """One accounted call: looks the version up, pins it while `work` runs, and records the outcome once
+        (a failure becomes the ServeError the edge answers with)."""
+        call = CallRecord(self.metrics, api, model, request_id, model_known=model in self.repository.models)
+        try:
+            chosen = self.repository.get(model, version)
+            call.version = str(chosen.version)
+            chosen.pin()
+            try:
+                return await work(chosen, call)
+            finally:
+                chosen.unpin()
+        except BaseException as exc:
+            raise call.failed(exc) from None
+        finally:
+            call.finish()
+
 
     async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray] | InputDecoder,
                     outputs: Sequence[RequestedOutput] = (), *, deadline_ns: int | None = None,
@@ -199,19 +220,8 @@ class DataPlane:
                     api: str = "infer") -> InferResult:
         """Runs one inference request through the model's batcher. `inputs` are arrays by input name, or a
         decoder of the wire request; `deadline_ns` is on time.monotonic_ns()."""
-        call = CallRecord(self.metrics, api, model, request_id, model_known=model in self.repository.models)
-        try:
-            chosen = self.repository.get(model, version)
-            call.version = str(chosen.version)
-            chosen.pin()
-            try:
-                return await self._infer(chosen, call, inputs, outputs, deadline_ns, parameters)
-            finally:
-                chosen.unpin()
-        except BaseException as exc:
-            raise call.failed(exc) from None
-        finally:
-            call.finish()
+        return await self._served(api, model, version, request_id, lambda chosen, call: self._infer(
+            chosen, call, inputs, outputs, deadline_ns, parameters))
 
     async def _infer(self, version: ModelVersion, call: CallRecord, inputs: Mapping[str, np.ndarray] | InputDecoder,
                      outputs: Sequence[RequestedOutput], deadline_ns: int | None,
@@ -239,8 +249,6 @@ class DataPlane:
         version.metrics.queue_duration.observe(result.queue_ns / 1e9)
         return answer
 
-    # -------------------------------------------------------------------------------------------- classify
-
     async def classify(self, model: str, version: str, images: Sequence[ImageSource | None], top_k: int = 0, *,
                        deadline_ns: int | None = None, request_id: str = "", api: str = "classify"
                        ) -> ClassifyResult:
@@ -248,19 +256,8 @@ class DataPlane:
         sends each through the batcher on its own (so images of different requests share batches), and
         answers the top-k labels per image; `top_k` 0 means the model's configured default. None stands for
         an image that carries no data, answered INVALID_ARGUMENT with its index."""
-        call = CallRecord(self.metrics, api, model, request_id, model_known=model in self.repository.models)
-        try:
-            chosen = self.repository.get(model, version)
-            call.version = str(chosen.version)
-            chosen.pin()
-            try:
-                return await self._classify(chosen, call, images, top_k, deadline_ns)
-            finally:
-                chosen.unpin()
-        except BaseException as exc:
-            raise call.failed(exc) from None
-        finally:
-            call.finish()
+        return await self._served(api, model, version, request_id, lambda chosen, call: self._classify(
+            chosen, call, images, top_k, deadline_ns))
 
     async def _classify(self, version: ModelVersion, call: CallRecord, images: Sequence[ImageSource | None], k: int,
                         deadline_ns: int | None) -> ClassifyResult:

@@ -1,12 +1,12 @@
 """Exception types shared by the core and the API layer.
 
-The core never imports grpc, so request errors carry the *name* of their gRPC status code in
-``status_name``; the API layer maps it with ``grpc.StatusCode[err.status_name]``.
+The core never imports grpc or HTTP, so request errors carry the *name* of their gRPC status code in
+``status_name``; each edge maps the name once (edges/grpc/common.py: ``grpc.StatusCode[err.status_name]``).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
@@ -14,45 +14,39 @@ class ConfigError(ValueError):
 
 
 class ServeError(Exception):
-    """Base of the errors a request can fail with; the message is safe to show to the client."""
+    """Base of the errors a request can fail with; the message is safe to show to the client. Each subclass
+    names its status: `class NotFound(ServeError, status="NOT_FOUND")`."""
 
     status_name: ClassVar[str] = "INTERNAL"
 
+    def __init_subclass__(cls, status: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status:
+            cls.status_name = status
 
-class InvalidArgument(ServeError):
+
+class InvalidArgument(ServeError, status="INVALID_ARGUMENT"):
     """Malformed request: wrong dtype/shape, content size mismatch, undecodable or oversized image."""
 
-    status_name: ClassVar[str] = "INVALID_ARGUMENT"
 
-
-class NotFound(ServeError):
+class NotFound(ServeError, status="NOT_FOUND"):
     """Unknown model or version."""
 
-    status_name: ClassVar[str] = "NOT_FOUND"
 
-
-class Unavailable(ServeError):
+class Unavailable(ServeError, status="UNAVAILABLE"):
     """Model loading or unloaded, server draining."""
 
-    status_name: ClassVar[str] = "UNAVAILABLE"
 
-
-class ResourceExhausted(ServeError):
+class ResourceExhausted(ServeError, status="RESOURCE_EXHAUSTED"):
     """Queue full, message over the size limit."""
 
-    status_name: ClassVar[str] = "RESOURCE_EXHAUSTED"
 
-
-class DeadlineExceeded(ServeError):
+class DeadlineExceeded(ServeError, status="DEADLINE_EXCEEDED"):
     """The request's deadline passed before or during inference."""
 
-    status_name: ClassVar[str] = "DEADLINE_EXCEEDED"
 
-
-class Internal(ServeError):
+class Internal(ServeError, status="INTERNAL"):
     """A bug: the message names only the request id; the traceback is logged, never sent."""
-
-    status_name: ClassVar[str] = "INTERNAL"
 
 
 # A message travels back to the client in a status (gRPC: HTTP/2 trailers, percent-encoded, under grpc's

@@ -5,42 +5,38 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
 from onnx_serve.core.dataplane import ClassifyResult, DataPlane
 from onnx_serve.core.errors import ServeError
-from onnx_serve.edges.grpc.common import abort, answer_concurrently, deadline_ns, status_of
+from onnx_serve.edges.grpc.common import ServicerContext, answer_concurrently, deadline_ns, status_of, unary
 from onnx_serve.edges.grpc.converters import classify_response, image_sources
 from onnx_serve.protos.onnxserve.v1 import classify_pb2 as pb
 from onnx_serve.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 
 STREAM_MAX_INFLIGHT = 64
-Context = grpc.aio.ServicerContext
 
 
 class ClassifyServicer(pb_grpc.ImageClassifierServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
-        try:
-            return classify_response(await self._classify(request, deadline_ns(context)))
-        except ServeError as exc:
-            await abort(context, exc)
+    @unary
+    async def Classify(self, request: pb.ClassifyRequest, context: ServicerContext) -> pb.ClassifyResponse:
+        return classify_response(await self._classify(request, deadline_ns(context)))
 
-    async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: Context
+    async def ClassifyStream(self, request_iterator: AsyncIterator[pb.ClassifyRequest], context: ServicerContext
                              ) -> AsyncIterator[pb.ClassifyStreamResponse]:
         async def answer(request: pb.ClassifyRequest) -> pb.ClassifyStreamResponse:
-            try:  # a failed message is answered in the stream, which stays open
-                return pb.ClassifyStreamResponse(response=classify_response(await self._classify(request, None)))
-            except ServeError as exc:
-                code, message = status_of(exc)
-                failed = pb.ClassifyResponse(model_name=request.model_name, id=request.id)
-                return pb.ClassifyStreamResponse(error_message=message, error_code=code.name, response=failed)
+            return pb.ClassifyStreamResponse(response=classify_response(await self._classify(request, None)))
 
-        async for response in answer_concurrently(request_iterator, answer, STREAM_MAX_INFLIGHT):
+        async for response in answer_concurrently(request_iterator, answer, _stream_failure, STREAM_MAX_INFLIGHT):
             yield response
 
     async def _classify(self, request: pb.ClassifyRequest, deadline: int | None) -> ClassifyResult:
         return await self.plane.classify(request.model_name, request.model_version, image_sources(request),
                                          request.top_k, deadline_ns=deadline, request_id=request.id)
+
+
+def _stream_failure(request: pb.ClassifyRequest, error: ServeError) -> pb.ClassifyStreamResponse:
+    code, message = status_of(error)
+    failed = pb.ClassifyResponse(model_name=request.model_name, id=request.id)
+    return pb.ClassifyStreamResponse(error_message=message, error_code=code.name, response=failed)

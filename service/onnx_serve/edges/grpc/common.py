@@ -4,6 +4,7 @@ bidirectional stream with bounded concurrency. No accounting: the data plane rec
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import NoReturn, TypeVar
@@ -13,7 +14,9 @@ import grpc
 from onnx_serve.core.errors import ServeError, bounded_message
 
 STATUS = {code.name: code for code in grpc.StatusCode}
+ServicerContext = grpc.aio.ServicerContext
 Req = TypeVar("Req")
+Servicer = TypeVar("Servicer")
 Resp = TypeVar("Resp")
 
 
@@ -35,19 +38,39 @@ async def abort(context: grpc.aio.ServicerContext, error: ServeError) -> NoRetur
     raise AssertionError("unreachable: abort raises")
 
 
+def unary(method: Callable[[Servicer, Req, ServicerContext], Awaitable[Resp]]
+          ) -> Callable[[Servicer, Req, ServicerContext], Awaitable[Resp]]:
+    """Decorates a unary servicer method: a ServeError it raises ends the RPC with its status."""
+
+    @functools.wraps(method)
+    async def answered(servicer: Servicer, request: Req, context: ServicerContext) -> Resp:
+        try:
+            return await method(servicer, request, context)
+        except ServeError as exc:
+            await abort(context, exc)
+
+    return answered
+
+
 async def answer_concurrently(
-    requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]], max_inflight: int
+    requests: AsyncIterator[Req], answer: Callable[[Req], Awaitable[Resp]],
+    failure: Callable[[Req, ServeError], Resp], max_inflight: int
 ) -> AsyncIterator[Resp]:
     """Serves a bidirectional stream: every request is answered as soon as its own answer is ready (so the
     responses need not follow request order; each carries its request's id), with at most `max_inflight`
-    answers pending so one stream cannot queue unbounded work. `answer` turns its failures into responses."""
+    answers pending so one stream cannot queue unbounded work. A request that fails is answered
+    `failure(request, error)` in the stream, which stays open."""
     responses: asyncio.Queue[Resp | None] = asyncio.Queue()
     slots = asyncio.Semaphore(max_inflight)
     tasks: set[asyncio.Task[None]] = set()
 
     async def run(request: Req) -> None:
         try:
-            responses.put_nowait(await answer(request))
+            try:
+                response = await answer(request)
+            except ServeError as exc:
+                response = failure(request, exc)
+            responses.put_nowait(response)
         finally:
             slots.release()
 

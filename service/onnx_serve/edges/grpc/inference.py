@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
 from onnx_serve.core.dataplane import DataPlane, InferResult
 from onnx_serve.core.errors import ServeError
-from onnx_serve.edges.grpc.common import abort, answer_concurrently, deadline_ns, status_of
+from onnx_serve.edges.grpc.common import ServicerContext, answer_concurrently, deadline_ns, status_of, unary
 from onnx_serve.edges.grpc.converters import (
     infer_response,
     input_decoder,
@@ -23,49 +21,43 @@ from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 
 STREAM_MAX_INFLIGHT = 256
-Context = grpc.aio.ServicerContext
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=self.plane.live())
 
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: ServicerContext) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.plane.ready())
 
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: ServicerContext
                              ) -> pb.ServerMetadataResponse:
         metadata = self.plane.server_metadata()
         return pb.ServerMetadataResponse(name=metadata.name, version=metadata.version,
                                          extensions=metadata.extensions)
 
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: ServicerContext) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> pb.ModelMetadataResponse:
-        try:
-            return model_metadata_response(self.plane.model_metadata(request.name, request.version))
-        except ServeError as exc:
-            await abort(context, exc)
+    @unary
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: ServicerContext
+                            ) -> pb.ModelMetadataResponse:
+        return model_metadata_response(self.plane.model_metadata(request.name, request.version))
 
-    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> pb.ModelConfigResponse:
-        try:
-            return pb.ModelConfigResponse(config=model_config_proto(self.plane.model_version(request.name,
-                                                                                             request.version)))
-        except ServeError as exc:
-            await abort(context, exc)
+    @unary
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: ServicerContext) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=model_config_proto(self.plane.model_version(request.name,
+                                                                                         request.version)))
 
-    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context
+    @unary
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: ServicerContext
                               ) -> pb.ModelStatisticsResponse:
-        try:
-            return statistics_response(self.plane.statistics(request.name, request.version))
-        except ServeError as exc:
-            await abort(context, exc)
+        return statistics_response(self.plane.statistics(request.name, request.version))
 
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: ServicerContext
                               ) -> pb.RepositoryIndexResponse:
         response = pb.RepositoryIndexResponse()
         for entry in self.plane.repository_index(ready_only=request.ready):
@@ -73,39 +65,29 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                 reason=entry.reason)
         return response
 
-    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Context
+    @unary
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: ServicerContext
                                   ) -> pb.RepositoryModelLoadResponse:
-        try:
-            await self.plane.load_model(request.model_name, dict(request.parameters))
-        except ServeError as exc:
-            await abort(context, exc)
+        await self.plane.load_model(request.model_name, dict(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Context
+    @unary
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: ServicerContext
                                     ) -> pb.RepositoryModelUnloadResponse:
-        try:
-            await self.plane.unload_model(request.model_name)
-        except ServeError as exc:
-            await abort(context, exc)
+        await self.plane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        try:
-            return infer_response(await self._infer(request, deadline_ns(context), "infer"))
-        except ServeError as exc:
-            await abort(context, exc)
+    @unary
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
+        return infer_response(await self._infer(request, deadline_ns(context), "infer"))
 
-    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: ServicerContext
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
-            try:  # a failed message is answered in the stream, which stays open
-                return pb.ModelStreamInferResponse(infer_response=infer_response(
-                    await self._infer(request, None, "stream")))
-            except ServeError as exc:
-                failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
-                return pb.ModelStreamInferResponse(error_message=status_of(exc)[1], infer_response=failed)
+            result = await self._infer(request, None, "stream")
+            return pb.ModelStreamInferResponse(infer_response=infer_response(result))
 
-        async for response in answer_concurrently(request_iterator, answer, STREAM_MAX_INFLIGHT):
+        async for response in answer_concurrently(request_iterator, answer, _stream_failure, STREAM_MAX_INFLIGHT):
             yield response
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: int | None, api: str) -> InferResult:
@@ -115,3 +97,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                       deadline_ns=deadline, request_id=request.id,
                                       parameters=parameter_values(request.parameters) if request.parameters else None,
                                       api=api)
+
+
+def _stream_failure(request: pb.ModelInferRequest, error: ServeError) -> pb.ModelStreamInferResponse:
+    failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+    return pb.ModelStreamInferResponse(error_message=status_of(error)[1], infer_response=failed)
