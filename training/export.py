@@ -1,15 +1,19 @@
 """Export a torch model to ONNX with a dynamic batch axis, stamp provenance, and prove parity.
 
+Also what the ImageNet-sized exporters (training/resnet18.py, training/efficientnet.py) share: their
+serving config, their provenance metadata and their command line.
+
 Uses the TorchScript-based exporter (``dynamo=False``): it needs no extra packages (onnxscript) and
 writes the same bytes for the same weights, which keeps a committed model reproducible.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,82 @@ def exporter_versions() -> dict[str, str]:
         "onnx_version": onnx.__version__,
         "onnxruntime_version": onnxruntime.__version__,
     }
+
+
+def model_metadata(model: nn.Module, **fields: str) -> dict[str, str]:
+    """``fields`` (model_name, architecture, ...) plus parameter count, date and exporter versions."""
+    return {
+        **fields,
+        "parameters": str(sum(p.numel() for p in model.parameters())),
+        "date": provenance_date(),
+        **exporter_versions(),
+    }
+
+
+def _comment(text: str) -> str:
+    return "".join(f"# {line}\n" for line in text.splitlines())
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "[" + ", ".join(repr(float(v)) for v in values) + "]"
+
+
+def imagenet_config_yaml(
+    title: str,
+    *,
+    preprocess_note: str,
+    interpolation: str,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    labels: str | None = None,
+) -> str:
+    """config.yaml of a 1000-class ImageNet classifier with logits output: dynamic batching up to 64, RGB centre
+    crop of 0.875 of the shorter side resized to 224x224, then (pixel * scale - mean) / std, softmax, top 5."""
+    labels_line = f"labels: {labels}\n" if labels else ""
+    return f"""\
+{_comment(title)}max_batch_size: 64
+dynamic_batching:
+  max_queue_delay_microseconds: 500
+  preferred_batch_size: [16, 32]
+  max_queue_size: 1024
+instance_group: {{count: 1}}
+{labels_line}{_comment(preprocess_note)}preprocess:
+  color_mode: RGB
+  background: 255
+  resize: shorter_side
+  width: 224
+  height: 224
+  crop_fraction: 0.875
+  interpolation: {interpolation}
+  invert: false
+  scale: {scale!r}
+  mean: {_floats(mean)}
+  std: {_floats(std)}
+  layout: NCHW
+  dtype: FP32
+postprocess:
+  softmax: true                    # the graph outputs logits
+  top_k: 5
+"""
+
+
+def exporter_main(
+    description: str | None,
+    build_and_export: Callable[[Path, int], Path],
+    argv: Sequence[str] | None = None,
+    *,
+    out_help: str,
+    seed_help: str = "seed of the random numbers: the parity-check inputs, and the weights where they are random",
+) -> int:
+    """The command line of an exporter module: ``--out DIR [--seed N]``, then the path and size written."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    args = parser.parse_args(argv)
+    path = build_and_export(args.out, args.seed)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
 
 
 def export_onnx(

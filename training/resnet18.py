@@ -11,7 +11,6 @@ Written here in plain torch (He et al., "Deep Residual Learning for Image Recogn
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,37 +18,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.export import check_parity, export_onnx, exporter_versions, provenance_date
+from training.export import check_parity, export_onnx, exporter_main, imagenet_config_yaml, model_metadata
 
 OPSET = 17
 
-CONFIG_YAML = """\
-# Benchmark model: ResNet-18 shape, random weights (written by training/resnet18.py).
-max_batch_size: 64
-dynamic_batching:
-  max_queue_delay_microseconds: 500
-  preferred_batch_size: [16, 32]
-  max_queue_size: 1024
-instance_group: {count: 1}
-# Usual ImageNet preprocessing, so the Classify API can be benchmarked too.
-preprocess:
-  color_mode: RGB
-  background: 255
-  resize: shorter_side
-  width: 224
-  height: 224
-  crop_fraction: 0.875
-  interpolation: bilinear
-  invert: false
-  scale: 0.00392156862745098
-  mean: [0.485, 0.456, 0.406]
-  std: [0.229, 0.224, 0.225]
-  layout: NCHW
-  dtype: FP32
-postprocess:
-  softmax: true
-  top_k: 5
-"""
+CONFIG_YAML = imagenet_config_yaml(
+    "Benchmark model: ResNet-18 shape, random weights (written by training/resnet18.py).",
+    preprocess_note="Usual ImageNet preprocessing, so the Classify API can be benchmarked too.",
+    interpolation="bilinear",
+    scale=1 / 255,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
 
 
 class BasicBlock(nn.Module):
@@ -105,14 +85,12 @@ def build_and_export(out: Path, seed: int = 0) -> Path:
     model = ResNet18().eval()
     model_dir = out / "resnet18"
     model_path = model_dir / "1" / "model.onnx"
-    metadata = {
-        "model_name": "resnet18",
-        "architecture": "ResNet-18 (basic blocks [2, 2, 2, 2], 1000 classes), random weights for benchmarks",
-        "parameters": str(sum(p.numel() for p in model.parameters())),
-        "seed": str(seed),
-        "date": provenance_date(),
-        **exporter_versions(),
-    }
+    metadata = model_metadata(
+        model,
+        model_name="resnet18",
+        architecture="ResNet-18 (basic blocks [2, 2, 2, 2], 1000 classes), random weights for benchmarks",
+        seed=str(seed),
+    )
     generator = torch.Generator().manual_seed(seed)
     example = torch.rand(2, 3, 224, 224, generator=generator)
     export_onnx(model, example, model_path, output_name="logits", opset=OPSET, metadata=metadata)
@@ -124,13 +102,7 @@ def build_and_export(out: Path, seed: int = 0) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="model repository to write resnet18/ into")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    path = build_and_export(args.out, args.seed)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    return exporter_main(__doc__, build_and_export, argv, out_help="model repository to write resnet18/ into")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 from onnx_serve.client.client import Client
 from PIL import Image, ImageDraw
 
-from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.inprocess import InProcessServer, in_process_server, server_fixture
 from tests.helpers.pki import write_pki
 from tests.helpers.serving import BUNDLED_MODELS, ROOT, conv_classifier_model
 
@@ -43,10 +42,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[InProcessServer]:
-    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
-        yield running
+server = server_fixture()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ round-robin over several servers, TLS, mutual TLS and bearer tokens."""
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from onnx_serve.client.client import (
 )
 from PIL import Image
 
-from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.inprocess import InProcessServer, connection_fixture, in_process_server, server_fixture
 from tests.helpers.pki import write_pki
 from tests.helpers.serving import (
     ServerProcess,
@@ -185,16 +186,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[InProcessServer]:
-    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: InProcessServer) -> Iterator[Client]:
-    with Client(server.url, timeout=30) as c:
-        yield c
+server = server_fixture()
+client = connection_fixture(functools.partial(Client, timeout=30))
 
 
 def test_health_and_metadata(client: Client) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from onnx_serve.core.batching import Batcher, BatchPolicy, BatchTiming
+from onnx_serve.core.batching import Batcher, BatchPolicy, BatchTiming, JobResult
 from onnx_serve.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 
 LONG_NS = 60 * 1_000_000_000  # a delay no test waits for
@@ -74,6 +74,25 @@ async def started(policy: BatchPolicy, executor: RecordingExecutor, observer: Ob
     return batcher
 
 
+async def held(
+    policy: BatchPolicy, observer: Observer | None = None, first: dict[str, np.ndarray] | None = None
+) -> tuple[RecordingExecutor, Batcher, asyncio.Future[JobResult]]:
+    """A batcher whose only instance is busy: its executor is held closed (until `executor.gate.set()`) with
+    `first` (one sample by default) already running."""
+    executor = RecordingExecutor()
+    executor.gate.clear()
+    batcher = await started(policy, executor, observer)
+    running = await queued(batcher, first if first is not None else sample(1))
+    return executor, batcher, running[0]
+
+
+async def queued(batcher: Batcher, *requests: dict[str, np.ndarray]) -> list[asyncio.Future[JobResult]]:
+    """Submits `requests` without waiting for their answers, then gives the batcher time to take them in."""
+    futures = [asyncio.ensure_future(batcher.submit(feeds)) for feeds in requests]
+    await asyncio.sleep(0.01)
+    return futures
+
+
 async def test_waits_for_company_until_max_batch_size() -> None:
     executor = RecordingExecutor()
     batcher = await started(BatchPolicy(max_batch_size=4, dynamic=True, max_queue_delay_ns=LONG_NS), executor)
@@ -93,14 +112,9 @@ async def test_preferred_batch_size_sends_at_once() -> None:
 
 
 async def test_preferred_size_takes_longest_matching_prefix() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
     policy = BatchPolicy(max_batch_size=64, dynamic=True, max_queue_delay_ns=0, preferred_batch_sizes=(2, 4))
-    batcher = await started(policy, executor)
-    blocker = asyncio.ensure_future(batcher.submit(sample(1)))  # occupies the only instance
-    await asyncio.sleep(0.01)
-    rest = [asyncio.ensure_future(batcher.submit(sample(1))) for _ in range(5)]
-    await asyncio.sleep(0.01)
+    executor, batcher, blocker = await held(policy)
+    rest = await queued(batcher, *(sample(1) for _ in range(5)))
     executor.gate.set()
     await asyncio.wait_for(asyncio.gather(blocker, *rest), 10)
     assert executor.batches == [1, 4, 1]
@@ -117,15 +131,10 @@ async def test_oldest_request_goes_alone_after_the_delay() -> None:
 
 
 async def test_zero_delay_batches_only_what_queued_while_busy() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
-    batcher = await started(BatchPolicy(max_batch_size=8, dynamic=True), executor)
-    first = asyncio.ensure_future(batcher.submit(sample(1)))
-    await asyncio.sleep(0.01)
-    queued = [asyncio.ensure_future(batcher.submit(sample(1))) for _ in range(3)]
-    await asyncio.sleep(0.01)
+    executor, batcher, first = await held(BatchPolicy(max_batch_size=8, dynamic=True))
+    rest = await queued(batcher, *(sample(1) for _ in range(3)))
     executor.gate.set()
-    await asyncio.wait_for(asyncio.gather(first, *queued), 10)
+    await asyncio.wait_for(asyncio.gather(first, *rest), 10)
     assert executor.batches == [1, 3]
     await batcher.close()
 
@@ -143,13 +152,8 @@ async def test_multi_sample_requests_are_combined_and_split_back_exactly() -> No
 
 
 async def test_requests_with_different_shapes_are_never_mixed() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
-    batcher = await started(BatchPolicy(max_batch_size=8, dynamic=True, max_queue_delay_ns=0), executor)
-    blocker = asyncio.ensure_future(batcher.submit(sample(1)))
-    await asyncio.sleep(0.01)
-    mixed = [asyncio.ensure_future(batcher.submit(sample(1, width=3 if i % 2 else 5))) for i in range(4)]
-    await asyncio.sleep(0.01)
+    executor, batcher, blocker = await held(BatchPolicy(max_batch_size=8, dynamic=True, max_queue_delay_ns=0))
+    mixed = await queued(batcher, *(sample(1, width=3 if i % 2 else 5) for i in range(4)))
     executor.gate.set()
     results = await asyncio.wait_for(asyncio.gather(*mixed), 10)
     await blocker
@@ -160,28 +164,18 @@ async def test_requests_with_different_shapes_are_never_mixed() -> None:
 
 
 async def test_queue_full_is_refused_at_once() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
-    batcher = await started(BatchPolicy(max_batch_size=1, dynamic=True, max_queue_size=2), executor)
-    running = asyncio.ensure_future(batcher.submit(sample(1)))
-    await asyncio.sleep(0.01)
-    queued = [asyncio.ensure_future(batcher.submit(sample(1))) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    executor, batcher, running = await held(BatchPolicy(max_batch_size=1, dynamic=True, max_queue_size=2))
+    waiting = await queued(batcher, sample(1), sample(1))
     with pytest.raises(ResourceExhausted, match="queue is full"):
         await batcher.submit(sample(1))
     executor.gate.set()
-    await asyncio.wait_for(asyncio.gather(running, *queued), 10)
+    await asyncio.wait_for(asyncio.gather(running, *waiting), 10)
     assert executor.batches == [1, 1, 1]
     await batcher.close()
 
 
 async def test_expired_requests_are_answered_and_never_run() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
-    observer = Observer()
-    batcher = await started(BatchPolicy(max_batch_size=4, dynamic=True), executor, observer)
-    blocker = asyncio.ensure_future(batcher.submit(sample(1, 7.0)))
-    await asyncio.sleep(0.01)
+    executor, batcher, blocker = await held(BatchPolicy(max_batch_size=4, dynamic=True), Observer(), sample(1, 7.0))
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(sample(1, 9.0), deadline_ns=time.monotonic_ns() + 5_000_000)
     executor.gate.set()
@@ -193,12 +187,8 @@ async def test_expired_requests_are_answered_and_never_run() -> None:
 
 
 async def test_default_timeout_applies_without_a_client_deadline() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
     policy = BatchPolicy(max_batch_size=4, dynamic=True, default_timeout_ns=5_000_000)
-    batcher = await started(policy, executor)
-    running = asyncio.ensure_future(batcher.submit(sample(1, 1.0)))
-    await asyncio.sleep(0.01)
+    executor, batcher, running = await held(policy, first=sample(1, 1.0))
     with pytest.raises(DeadlineExceeded):
         await batcher.submit(sample(1, 2.0))
     with pytest.raises(DeadlineExceeded):  # its deadline passed during inference
@@ -270,13 +260,8 @@ async def test_observer_sees_batches_and_queue_returns_to_zero() -> None:
 
 
 async def test_cancelled_request_is_not_run() -> None:
-    executor = RecordingExecutor()
-    executor.gate.clear()
-    batcher = await started(BatchPolicy(max_batch_size=4, dynamic=True), executor)
-    blocker = asyncio.ensure_future(batcher.submit(sample(1, 1.0)))
-    await asyncio.sleep(0.01)
-    doomed = asyncio.ensure_future(batcher.submit(sample(1, 5.0)))
-    await asyncio.sleep(0.01)
+    executor, batcher, blocker = await held(BatchPolicy(max_batch_size=4, dynamic=True), first=sample(1, 1.0))
+    [doomed] = await queued(batcher, sample(1, 5.0))
     doomed.cancel()
     await asyncio.sleep(0.01)
     executor.gate.set()

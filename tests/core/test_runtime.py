@@ -219,24 +219,22 @@ async def test_runner_pool_runs_a_batch_and_times_it(add_onnx: Path) -> None:
         pool.close()
 
 
-async def test_runner_pool_reports_an_input_the_model_rejects_as_invalid_argument(add_onnx: Path) -> None:
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "error", "message"),
+    [
+        pytest.param((4,), (4,), InvalidArgument, r"^the model rejected the input: ", id="wrong-rank-invalid-argument"),
+        # Shapes Add cannot broadcast: the run itself fails, which is the server's error, not the client's.
+        pytest.param((2, 4), (3, 4), ServeError, r"^model execution failed: ", id="failed-run-serve-error"),
+    ],
+)
+async def test_runner_pool_reports_what_onnx_runtime_refuses(
+    add_onnx: Path, a_shape: tuple[int, ...], b_shape: tuple[int, ...], error: type[ServeError], message: str
+) -> None:
     pool = RunnerPool([create_session(add_onnx, plan(CPU))[0]], "add-1")
     try:
         session = await pool.acquire()
-        wrong_rank = np.ones(4, dtype=np.float32)
-        with pytest.raises(InvalidArgument, match=r"^the model rejected the input: "):
-            await pool.start(session, {"a": wrong_rank, "b": wrong_rank})
-    finally:
-        pool.close()
-
-
-async def test_runner_pool_reports_a_failed_run_as_a_serve_error(add_onnx: Path) -> None:
-    pool = RunnerPool([create_session(add_onnx, plan(CPU))[0]], "add-1")
-    try:
-        session = await pool.acquire()
-        a, b = np.ones((2, 4), np.float32), np.ones((3, 4), np.float32)  # shapes Add cannot broadcast
-        with pytest.raises(ServeError, match=r"^model execution failed: ") as caught:
-            await pool.start(session, {"a": a, "b": b})
-        assert type(caught.value) is ServeError
+        with pytest.raises(error, match=message) as caught:
+            await pool.start(session, {"a": np.ones(a_shape, np.float32), "b": np.ones(b_shape, np.float32)})
+        assert type(caught.value) is error
     finally:
         pool.close()

@@ -8,13 +8,16 @@ from __future__ import annotations
 import logging
 import os
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from onnx_serve import Server, Settings
+
+T = TypeVar("T")
 
 
 class _Lines(logging.Handler):
@@ -31,28 +34,23 @@ class _Lines(logging.Handler):
 
 @dataclass
 class InProcessServer:
+    """A started Server under the names tests use for a subprocess one (ServerProcess): url, grpc_port,
+    metrics_port, metrics_url, pid, log(), scrape(). Ports and URLs are settled once it has started."""
+
     server: Server
+    url: str
+    grpc_port: int
+    metrics_port: int
+    metrics_url: str
     _log: _Lines = field(default_factory=_Lines)
+
+    @classmethod
+    def started(cls, server: Server, log: _Lines) -> InProcessServer:
+        return cls(server, server.grpc_url, server.grpc_port, server.metrics_port, server.metrics_url, log)
 
     def log(self) -> str:
         """What the onnx_serve loggers wrote while this server ran (every server's, if several run at once)."""
         return "".join(self._log.lines)
-
-    @property
-    def url(self) -> str:
-        return self.server.grpc_url
-
-    @property
-    def grpc_port(self) -> int:
-        return self.server.grpc_port
-
-    @property
-    def metrics_port(self) -> int:
-        return self.server.metrics_port
-
-    @property
-    def metrics_url(self) -> str:
-        return self.server.metrics_url
 
     @property
     def pid(self) -> int:
@@ -75,7 +73,34 @@ def in_process_server(repository: Path, **settings: Any) -> Iterator[InProcessSe
     ours.setLevel(logging.INFO)  # the CLI's default level, as the subprocess servers run
     try:
         with Server(repository, chosen) as server:
-            yield InProcessServer(server, lines)
+            yield InProcessServer.started(server, lines)
     finally:
         ours.removeHandler(lines)
         ours.setLevel(level)
+
+
+CPU_ONLY = ("CPUExecutionProvider",)
+
+
+def server_fixture(**settings: Any) -> object:
+    """A module-scoped `server` fixture: the in-process server on the module's `repository` fixture, on the CPU
+    unless `settings` (onnx_serve.Settings fields) say otherwise. In a test module: `server = server_fixture()`."""
+
+    @pytest.fixture(scope="module")
+    def server(repository: Path) -> Iterator[InProcessServer]:
+        with in_process_server(repository, **{"execution_providers": CPU_ONLY, **settings}) as running:
+            yield running
+
+    return server
+
+
+def connection_fixture(connect: Callable[[str], AbstractContextManager[T]]) -> object:
+    """A module-scoped fixture of `connect(server.url)` (a client, a channel), closed at the module's end; e.g.
+    `client = connection_fixture(grpc.insecure_channel)`."""
+
+    @pytest.fixture(scope="module")
+    def connection(server: InProcessServer) -> Iterator[T]:
+        with connect(server.url) as connected:
+            yield connected
+
+    return connection

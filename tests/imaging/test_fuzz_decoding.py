@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,7 @@ from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from onnx_serve.types import DATATYPES, TensorSpec
 
-from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.inprocess import connection_fixture, server_fixture
 from tests.helpers.serving import add_model, identity_model, string_model
 
 MAX_ELEMENTS = 64 * 1024 * 1024  # what the server uses: --max-message-bytes
@@ -165,19 +164,16 @@ def test_decode_request(request: pb.ModelInferRequest) -> None:
 # ------------------------------------------------------------------------------------------ live server
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
-    root: Path = tmp_path_factory.mktemp("repo")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
     add_model(root / "add" / "1" / "model.onnx")
     identity_model(root / "m" / "1" / "model.onnx", TensorProto.FLOAT, shape=("N", 2))
     string_model(root / "s" / "1" / "model.onnx")
-    with in_process_server(root, execution_providers=("CPUExecutionProvider",)) as running:
-        yield running
+    return root
 
 
-@pytest.fixture(scope="module")
-def channel(server: InProcessServer) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.url) as c:
-        yield c
+server = server_fixture()
+channel = connection_fixture(grpc.insecure_channel)
 
 
 EXPECTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 
-from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.inprocess import InProcessServer, server_fixture
 from tests.helpers.serving import (
     add_model,
     fixed_shape_model,
@@ -47,10 +47,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[InProcessServer]:
-    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
-        yield running
+server = server_fixture()
 
 
 @pytest.fixture(scope="module")

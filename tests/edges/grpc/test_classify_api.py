@@ -28,7 +28,7 @@ from onnx_serve.protos.onnxserve.v1 import classify_pb2 as pb
 from onnx_serve.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 from PIL import Image, ImageDraw
 
-from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.inprocess import InProcessServer, connection_fixture, server_fixture
 from tests.helpers.serving import (
     BUNDLED_MODELS,
     conv_classifier_model,
@@ -109,17 +109,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("classify-models"))
 
 
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[InProcessServer]:
-    with in_process_server(repository, execution_providers=("CPUExecutionProvider",),
-                           max_message_bytes=MAX_MESSAGE_BYTES) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: InProcessServer) -> Iterator[Client]:
-    with Client(server.url, timeout=30) as c:
-        yield c
+server = server_fixture(max_message_bytes=MAX_MESSAGE_BYTES)
+client = connection_fixture(functools.partial(Client, timeout=30))
 
 
 @pytest.fixture(scope="module")

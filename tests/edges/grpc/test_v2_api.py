@@ -7,7 +7,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from onnx_serve import __version__
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers.inprocess import InProcessServer, in_process_server
+from tests.helpers.inprocess import InProcessServer, connection_fixture, in_process_server, server_fixture
 from tests.helpers.serving import (
     ROOT,
     add_model,
@@ -105,16 +105,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("repo"))
 
 
-@pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[InProcessServer]:
-    with in_process_server(repository, execution_providers=("CPUExecutionProvider",)) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
-    with triton.InferenceServerClient(server.url) as c:
-        yield c
+server = server_fixture()
+client = connection_fixture(triton.InferenceServerClient)
 
 
 def ort_run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
