@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -195,17 +195,20 @@ class DataPlane:
 
     # ------------------------------------------------------------------------------------ infer, classify
 
+    # infer() and classify() are plain functions that return _served's coroutine: one coroutine per request
+    # fewer than `async def` wrappers, on the path every request takes.
+
     async def _served(self, api: str, model: str, version: str, request_id: str,
-                      work: Callable[[ModelVersion, CallRecord], Awaitable[T]]) -> T:
-        """One accounted call: looks the version up, pins it while `work` runs, and records the outcome once
-        (a failure becomes the ServeError the edge answers with)."""
+                      work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """One accounted call: looks the version up, pins it while `work(version, call, *args)` runs, and
+        records the outcome once (a failure becomes the ServeError the edge answers with)."""
         call = CallRecord(self.metrics, api, model, request_id, model_known=model in self.repository.models)
         try:
             chosen = self.repository.get(model, version)
             call.version = str(chosen.version)
             chosen.pin()
             try:
-                return await work(chosen, call)
+                return await work(chosen, call, *args)
             finally:
                 chosen.unpin()
         except BaseException as exc:
@@ -214,14 +217,13 @@ class DataPlane:
             call.finish()
 
 
-    async def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray] | InputDecoder,
-                    outputs: Sequence[RequestedOutput] = (), *, deadline_ns: int | None = None,
-                    request_id: str = "", parameters: Mapping[str, ParameterValue] | None = None,
-                    api: str = "infer") -> InferResult:
-        """Runs one inference request through the model's batcher. `inputs` are arrays by input name, or a
-        decoder of the wire request; `deadline_ns` is on time.monotonic_ns()."""
-        return await self._served(api, model, version, request_id, lambda chosen, call: self._infer(
-            chosen, call, inputs, outputs, deadline_ns, parameters))
+    def infer(self, model: str, version: str, inputs: Mapping[str, np.ndarray] | InputDecoder,
+              outputs: Sequence[RequestedOutput] = (), *, deadline_ns: int | None = None, request_id: str = "",
+              parameters: Mapping[str, ParameterValue] | None = None, api: str = "infer"
+              ) -> Coroutine[Any, Any, InferResult]:
+        """Runs one inference request through the model's batcher (await it). `inputs` are arrays by input
+        name, or a decoder of the wire request; `deadline_ns` is on time.monotonic_ns()."""
+        return self._served(api, model, version, request_id, self._infer, inputs, outputs, deadline_ns, parameters)
 
     async def _infer(self, version: ModelVersion, call: CallRecord, inputs: Mapping[str, np.ndarray] | InputDecoder,
                      outputs: Sequence[RequestedOutput], deadline_ns: int | None,
@@ -249,15 +251,14 @@ class DataPlane:
         version.metrics.queue_duration.observe(result.queue_ns / 1e9)
         return answer
 
-    async def classify(self, model: str, version: str, images: Sequence[ImageSource | None], top_k: int = 0, *,
-                       deadline_ns: int | None = None, request_id: str = "", api: str = "classify"
-                       ) -> ClassifyResult:
+    def classify(self, model: str, version: str, images: Sequence[ImageSource | None], top_k: int = 0, *,
+                 deadline_ns: int | None = None, request_id: str = "", api: str = "classify"
+                 ) -> Coroutine[Any, Any, ClassifyResult]:
         """Decodes and preprocesses each image in a worker thread (the images of one request in parallel),
         sends each through the batcher on its own (so images of different requests share batches), and
         answers the top-k labels per image; `top_k` 0 means the model's configured default. None stands for
         an image that carries no data, answered INVALID_ARGUMENT with its index."""
-        return await self._served(api, model, version, request_id, lambda chosen, call: self._classify(
-            chosen, call, images, top_k, deadline_ns))
+        return self._served(api, model, version, request_id, self._classify, images, top_k, deadline_ns)
 
     async def _classify(self, version: ModelVersion, call: CallRecord, images: Sequence[ImageSource | None], k: int,
                         deadline_ns: int | None) -> ClassifyResult:

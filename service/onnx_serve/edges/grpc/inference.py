@@ -3,11 +3,12 @@ convert the answer, map a ServeError to its status."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from onnx_serve.core.dataplane import DataPlane, InferResult
 from onnx_serve.core.errors import ServeError
-from onnx_serve.edges.grpc.common import ServicerContext, answer_concurrently, deadline_ns, status_of, unary
+from onnx_serve.edges.grpc.common import ServicerContext, abort, answer_concurrently, deadline_ns, status_of, unary
 from onnx_serve.edges.grpc.converters import (
     infer_response,
     input_decoder,
@@ -77,9 +78,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self.plane.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    @unary
     async def ModelInfer(self, request: pb.ModelInferRequest, context: ServicerContext) -> pb.ModelInferResponse:
-        return infer_response(await self._infer(request, deadline_ns(context), "infer"))
+        try:  # not @unary: the hot path saves the wrapper's coroutine
+            return infer_response(await self._infer(request, deadline_ns(context), "infer"))
+        except ServeError as exc:
+            await abort(context, exc)
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: ServicerContext
                                ) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -90,8 +93,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async for response in answer_concurrently(request_iterator, answer, _stream_failure, STREAM_MAX_INFLIGHT):
             yield response
 
-    async def _infer(self, request: pb.ModelInferRequest, deadline: int | None, api: str) -> InferResult:
-        return await self.plane.infer(request.model_name, request.model_version,
+    def _infer(self, request: pb.ModelInferRequest, deadline: int | None, api: str
+               ) -> Coroutine[Any, Any, InferResult]:
+        # Returns the data plane's coroutine rather than awaiting it: one coroutine fewer per request.
+        return self.plane.infer(request.model_name, request.model_version,
                                       input_decoder(request, self.plane.max_elements),
                                       requested_outputs(request) if request.outputs else (),
                                       deadline_ns=deadline, request_id=request.id,
