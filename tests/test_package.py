@@ -42,3 +42,14 @@ def test_python_dash_m_runs_the_cli() -> None:
     result = subprocess.run([sys.executable, "-m", "onnx_serve", "--version"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("onnx-serve ")
+
+
+def test_logging_setup_touches_only_our_loggers() -> None:
+    """An application that embeds the server keeps its root logger: handlers and level."""
+    code = ("import logging, sys\nroot = logging.getLogger()\nmine = logging.StreamHandler(sys.stdout)\n"
+            "root.addHandler(mine); root.setLevel(logging.ERROR)\n"
+            "from onnx_serve.logs import setup_logging\nsetup_logging('debug', 'json', access_log=True)\n"
+            "ours = logging.getLogger('onnx_serve')\n"
+            "print(root.handlers == [mine], root.level == logging.ERROR, ours.level == logging.DEBUG,"
+            " logging.getLogger('onnx_serve.access').level == logging.INFO, ours.propagate)")
+    assert run_python(code) == "True True True True False"
