@@ -76,13 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from onnx_serve.edges.grpc.server import check_security_settings
     from onnx_serve.logs import setup_logging
     from onnx_serve.workers import run_server
 
     try:
         settings = settings_from(args)
+        # A TLS or token setting that cannot be honoured stops the server here, before any port (or worker).
+        check_security_settings(settings)
     except SettingError as error:
-        # argparse's error line and exit status 2, without the usage: the variable is at fault, not the flags.
+        # argparse's error line and exit status 2, without the usage: a variable or a file is at fault, not the
+        # flags' syntax.
         parser = args.serve_parser
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     setup_logging(settings.log_level, settings.log_format, settings.access_log)

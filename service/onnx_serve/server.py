@@ -28,7 +28,7 @@ from onnx_serve.core import tracing
 from onnx_serve.core.dataplane import DataPlane
 from onnx_serve.core.metrics import Metrics, start_exporter
 from onnx_serve.core.repository import Repository
-from onnx_serve.core.settings import Settings
+from onnx_serve.core.settings import SettingError, Settings
 from onnx_serve.edges.grpc.server import GrpcEdge, PortUnavailable
 
 log = logging.getLogger("onnx_serve.server")
@@ -72,7 +72,8 @@ class Server:
 
     async def start(self) -> None:
         """Binds the edges, loads every model (READY after its warm-up), then reports health. Raises
-        PortUnavailable when the gRPC address cannot be bound."""
+        PortUnavailable when the gRPC address cannot be bound, SettingError (before anything binds) for a
+        TLS or token setting that cannot be honoured."""
         settings = self.settings
         if settings.tracing:
             tracing.setup()
@@ -115,10 +116,14 @@ class Server:
         log.info("stopped")
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> int:
-        """Runs until SIGTERM or SIGINT (then drains and returns 0); SIGHUP reloads. Returns 1 when the
-        server cannot start (the reason is logged)."""
+        """Runs until SIGTERM or SIGINT (then drains and returns 0); SIGHUP reloads. Returns 2 for a setting it
+        cannot honour (a TLS or token file: SettingError), 1 when the server cannot start otherwise; the reason
+        is logged, in one line."""
         try:
             await self.start()
+        except SettingError as exc:
+            log.error("%s", exc)
+            return 2
         except (PortUnavailable, ValueError) as exc:
             log.error("%s", exc)
             return 1

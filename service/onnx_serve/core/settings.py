@@ -166,7 +166,7 @@ class Settings:
     tls_client_ca: Path | None = field(default=None, metadata=setting_doc(
         "PEM CA bundle: require and verify client certificates (mutual TLS)"))
     auth_token_file: Path | None = field(default=None, metadata=setting_doc(
-        "file of accepted bearer tokens, one per line: every RPC but health and reflection then needs "
+        "file of accepted bearer tokens, one per line: every RPC but health Check and reflection then needs "
         "'authorization: Bearer <token>'"))
     tracing: bool = field(default=False, metadata=setting_doc(
         "OpenTelemetry spans per request (queue, preprocess, inference), exported as the OTEL_* variables say; "

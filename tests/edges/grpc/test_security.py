@@ -3,8 +3,10 @@ Certificates are made in the test with `cryptography`."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx_serve import Server, Settings
+from onnx_serve.bench.launch import serve_command
+from onnx_serve.core.settings import SettingError
+from onnx_serve.edges.grpc import auth
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 from onnx_serve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -217,3 +223,109 @@ def test_reflection_describes_our_services(repository: Path) -> None:
         request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="onnxserve.v1.ImageClassifier")
         answer = next(reflection.ServerReflectionInfo(iter([request])))
         assert answer.file_descriptor_response.file_descriptor_proto
+
+
+# ---- security settings that cannot be honoured stop the server (fail closed) ----
+
+def test_token_file_lines_are_stripped_and_comments_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.txt"
+    path.write_text("# accepted tokens\n  # an indented note\n\n   \n  token-a  \n\t#tabbed note\ntoken-b\r\n")
+    assert auth.read_tokens(path) == [b"token-a", b"token-b"]
+    assert auth.TokenAuthInterceptor.from_file(path)._authorized((("authorization", "Bearer token-a"),))
+    assert not auth.TokenAuthInterceptor.from_file(path)._authorized((("authorization", "Bearer # an indented note"),))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n   # and an indented one\n"])
+def test_a_token_file_without_a_token_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "tokens.txt"
+    path.write_text(content)
+    with pytest.raises(SettingError, match=r"--auth-token-file .*tokens\.txt.*no token"):
+        auth.read_tokens(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not text"])
+def test_an_unreadable_token_file_is_refused_naming_it(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "tokens.txt"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not text":
+        path.write_bytes(b"\xff\xfe\x00token\n")
+    with pytest.raises(SettingError, match=r"--auth-token-file .*tokens\.txt") as error:
+        auth.read_tokens(path)
+    assert "\n" not in str(error.value)
+
+
+def test_only_health_check_is_open_without_a_token() -> None:
+    assert auth.open_without_token("/grpc.health.v1.Health/Check")
+    assert not auth.open_without_token("/grpc.health.v1.Health/Watch")
+    assert not auth.open_without_token("/grpc.health.v1.Health/List")
+    assert auth.open_without_token("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+    assert not auth.open_without_token("/inference.GRPCInferenceService/ModelInfer")
+
+
+def test_health_watch_needs_the_token_and_check_does_not(token_server: ServerProcess) -> None:
+    with grpc.insecure_channel(token_server.url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as error:
+            next(health.Watch(request, timeout=5))
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        watch = health.Watch(request, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+
+
+@pytest.fixture(scope="module")
+def bad_files(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad-files")
+    (d / "garbage.pem").write_text("this is not PEM\n")
+    (d / "comments-only.txt").write_text("# nothing but\n   # comments\n\n")
+    (d / "a-directory").mkdir()
+    return {"missing": d / "missing.pem", "garbage": d / "garbage.pem", "no-tokens": d / "comments-only.txt",
+            "directory": d / "a-directory", "ca": pki.ca, "cert": pki.server_cert, "key": pki.server_key,
+            "other-key": pki.other_client_key}
+
+
+# (flags, with {names} of bad_files, and what the one error line must say)
+MISCONFIGURATIONS = {
+    "client CA without TLS": (["--tls-client-ca", "{ca}"], ["--tls-client-ca", "--tls-cert", "--tls-key"]),
+    "cert without key": (["--tls-cert", "{cert}"], ["--tls-cert", "--tls-key"]),
+    "key without cert": (["--tls-key", "{key}"], ["--tls-cert", "--tls-key"]),
+    "missing cert": (["--tls-cert", "{missing}", "--tls-key", "{key}"], ["--tls-cert", "missing.pem"]),
+    "missing key": (["--tls-cert", "{cert}", "--tls-key", "{missing}"], ["--tls-key", "missing.pem"]),
+    "missing client CA": (["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{missing}"],
+                          ["--tls-client-ca", "missing.pem"]),
+    "cert is a directory": (["--tls-cert", "{directory}", "--tls-key", "{key}"], ["--tls-cert", "a-directory"]),
+    "cert not PEM": (["--tls-cert", "{garbage}", "--tls-key", "{key}"], ["--tls-cert", "garbage.pem", "PEM"]),
+    "key not PEM": (["--tls-cert", "{cert}", "--tls-key", "{garbage}"], ["--tls-key", "garbage.pem"]),
+    "key of another cert": (["--tls-cert", "{cert}", "--tls-key", "{other-key}"], ["--tls-key", "other.key"]),
+    "client CA not PEM": (["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{garbage}"],
+                          ["--tls-client-ca", "garbage.pem", "PEM"]),
+    "missing token file": (["--auth-token-file", "{missing}"], ["--auth-token-file", "missing.pem"]),
+    "token file is a directory": (["--auth-token-file", "{directory}"], ["--auth-token-file", "a-directory"]),
+    "token file without a token": (["--auth-token-file", "{no-tokens}"],
+                                   ["--auth-token-file", "comments-only.txt", "no token"]),
+    "workers too": (["--workers", "2", "--auth-token-file", "{missing}"], ["--auth-token-file", "missing.pem"]),
+}
+
+
+@pytest.mark.parametrize("case", MISCONFIGURATIONS)
+def test_a_security_setting_that_cannot_be_honoured_stops_the_server(
+        case: str, repository: Path, bad_files: dict[str, Path]) -> None:
+    flags, expected = MISCONFIGURATIONS[case]
+    command = serve_command(repository, *(flag.format_map({k: str(v) for k, v in bad_files.items()})
+                                          for flag in flags))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert done.returncode == 2, output
+    assert len(lines) == 1, output  # one line, no traceback, nothing logged as listening
+    for word in expected:
+        assert word in lines[0], output
+
+
+def test_server_serve_returns_2_for_a_security_setting_it_cannot_honour(repository: Path, pki: Pki) -> None:
+    settings = Settings(host="127.0.0.1", grpc_port=0, metrics_port=-1, tls_client_ca=pki.ca)
+    # (before any port is bound; a regression would serve plaintext and wait for a signal: the timeout fails it)
+    assert asyncio.run(asyncio.wait_for(Server(repository, settings).serve(), timeout=30)) == 2

@@ -1,4 +1,8 @@
-"""Optional bearer-token authentication for every RPC except health checks and reflection."""
+"""Optional bearer-token authentication for every RPC except health Check and reflection.
+
+Open without a token: grpc.health.v1.Health/Check (Kubernetes gRPC probes and grpc_health_probe call it) and
+reflection. Health/Watch needs the token: it holds a stream open for as long as the caller likes, which an
+anonymous caller must not get; a probe never needs it."""
 
 from __future__ import annotations
 
@@ -9,20 +13,41 @@ from typing import Any
 
 import grpc
 
-EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+from onnx_serve.core.settings import SettingError
+
+OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check"})  # exact names: a new Health method needs the token
+OPEN_PREFIXES = ("/grpc.reflection.",)
+
+
+def open_without_token(method: str) -> bool:
+    return method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
+
+
+def read_tokens(path: Path) -> list[bytes]:
+    """One token per line, stripped; blank lines and comment lines (first non-blank character #) are skipped.
+    Raises SettingError (one line naming the file) for a file that cannot be read or holds no token."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not UTF-8 text"
+        raise SettingError(f"--auth-token-file {path}: cannot read it: {reason}") from None
+    tokens = [line.strip() for line in text.splitlines()]
+    tokens = [token for token in tokens if token and not token.startswith("#")]
+    if not tokens:
+        raise SettingError(f"--auth-token-file {path}: holds no token (only blank or # comment lines)")
+    return [token.encode() for token in tokens]
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: list[bytes]) -> None:
         if not tokens:
-            raise SystemExit("the auth token file holds no token")
+            raise SettingError("--auth-token-file: holds no token")
         self._tokens = tokens
 
     @classmethod
     def from_file(cls, path: Path) -> TokenAuthInterceptor:
-        """One token per line; blank lines and lines starting with # are ignored."""
-        lines = path.read_text().splitlines()
-        return cls([line.strip().encode() for line in lines if line.strip() and not line.startswith("#")])
+        """See read_tokens: raises SettingError for a file that cannot be read or holds no token."""
+        return cls(read_tokens(path))
 
     def _authorized(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
         for key, value in metadata or ():
@@ -41,7 +66,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if details.method.startswith(EXEMPT_PREFIXES) or self._authorized(details.invocation_metadata):
+        if open_without_token(details.method) or self._authorized(details.invocation_metadata):
             return await continuation(details)
         return _deny(await continuation(details))
 

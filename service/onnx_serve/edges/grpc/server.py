@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,8 +15,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from onnx_serve import protos
 from onnx_serve.core.dataplane import DataPlane
-from onnx_serve.core.repository import State
-from onnx_serve.core.settings import Settings
+from onnx_serve.core.settings import SettingError, Settings
+from onnx_serve.core.version import State
 from onnx_serve.edges.grpc.auth import TokenAuthInterceptor
 from onnx_serve.edges.grpc.classify import ClassifyServicer
 from onnx_serve.edges.grpc.inference import InferenceServicer
@@ -46,14 +48,66 @@ def grpc_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
     return options
 
 
+def check_security_settings(settings: Settings) -> None:
+    """Raises SettingError (one line naming the flag and file) for a TLS or token setting that cannot be honoured,
+    before anything binds: the CLI runs it first, so that with --workers no worker starts either."""
+    server_credentials(settings)
+    if settings.auth_token_file:
+        TokenAuthInterceptor.from_file(settings.auth_token_file)
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if not settings.tls_cert and not settings.tls_key:
+    """The TLS credentials, or None for plaintext (no TLS setting at all). Fails closed: raises SettingError for a
+    TLS setting that cannot be honoured (given alone, unreadable, not PEM, a key that is not the certificate's)."""
+    cert, key, client_ca = settings.tls_cert, settings.tls_key, settings.tls_client_ca
+    if not cert and not key:
+        if client_ca:
+            raise SettingError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS without TLS would "
+                               "serve plaintext")
         return None
-    if not (settings.tls_cert and settings.tls_key):
-        raise ValueError("--tls-cert and --tls-key must be given together")
-    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
+    if not (cert and key):
+        given, missing = ("--tls-cert", "--tls-key") if cert else ("--tls-key", "--tls-cert")
+        raise SettingError(f"{given} is given without {missing}: TLS needs both")
+    cert_pem = _read_pem("--tls-cert", cert)
+    key_pem = _read_pem("--tls-key", key)
+    ca_pem = _read_pem("--tls-client-ca", client_ca) if client_ca else None
+    _check_pem(cert, key, cert_pem, ca_pem, client_ca)
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)], root_certificates=ca_pem,
+                                       require_client_auth=ca_pem is not None)
+
+
+def _read_pem(flag: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SettingError(f"{flag} {path}: cannot read it: {error.strerror or error}") from None
+
+
+def _check_pem(cert: Path, key: Path, cert_pem: bytes, ca_pem: bytes | None, client_ca: Path | None) -> None:
+    """Parses what grpc would only reject when binding (logged as a port it cannot listen on) or at each
+    handshake: with Python's OpenSSL, at the lowest security level, so that only parsing is judged here."""
+    def context() -> ssl.SSLContext:
+        made = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        made.set_ciphers("DEFAULT:@SECLEVEL=0")
+        return made
+
+    for flag, path, pem in (("--tls-cert", cert, cert_pem), ("--tls-client-ca", client_ca, ca_pem)):
+        if path is None or pem is None:
+            continue
+        try:
+            # cadata must be ASCII; what is not (text around the PEM blocks) is dropped, PEM itself is ASCII.
+            context().load_verify_locations(cadata=pem.decode("ascii", errors="ignore"))
+        except (ssl.SSLError, ValueError):  # ValueError: empty
+            raise SettingError(f"{flag} {path}: holds no PEM certificate") from None
+    try:
+        # A password callback, so that an encrypted key fails here instead of OpenSSL prompting on the terminal.
+        context().load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as error:
+        what = ("is not the private key of" if error.reason == "KEY_VALUES_MISMATCH"
+                else "is not an unencrypted PEM private key for")
+        raise SettingError(f"--tls-key {key}: {what} --tls-cert {cert}") from None
+    except OSError as error:
+        raise SettingError(f"--tls-key {key}: cannot read it: {error.strerror or error}") from None
 
 
 class GrpcEdge:
