@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from onnx_serve.core.errors import InvalidArgument, NotFound, Unavailable
 from onnx_serve.core.metrics import Metrics
-from onnx_serve.core.repository import ModelVersion, Repository, State
+from onnx_serve.core.repository import Repository
 from onnx_serve.core.settings import Settings
+from onnx_serve.core.version import ModelVersion, State
 
 from tests.helpers.serving import add_model, slow_model
 
@@ -317,15 +318,169 @@ async def test_a_reload_that_finds_a_broken_new_version_reports_it_unavailable(r
     assert state is State.UNAVAILABLE and reason.startswith(f"{broken}: ONNX Runtime cannot load the model")
 
 
-@pytest.mark.xfail(strict=True, reason="a failed reload replaces a serving model: tracked by the hardening issue")
-async def test_a_failed_reload_keeps_the_serving_version(repository: Repository, add_onnx: bytes) -> None:
+def ready_gauge(repository: Repository, name: str, version: int) -> float | None:
+    return repository.metrics.registry.get_sample_value("onnx_serve_model_ready",
+                                                         {"model": name, "version": str(version)})
+
+
+def load_failures(repository: Repository, name: str) -> float:
+    value = repository.metrics.registry.get_sample_value("onnx_serve_model_load_failures_total", {"model": name})
+    assert value is not None, "the counter exists, at 0, from the first load on"
+    return value
+
+
+def kept_reason(reason: str) -> str:
+    """The index reason of a READY version that serves on past a failed reload (see Repository.load)."""
+    return f"reload failed, still serving the previous load: {reason}"
+
+
+async def test_a_failed_reload_keeps_the_serving_version(repository: Repository, add_onnx: bytes,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """(c) a broken version 2 next to a good 1: version 1 serves on, version 2 is UNAVAILABLE with its reason."""
     put_version(repository.root, "m", 1, add_onnx)
     await repository.load("m")
     serving = repository.get("m")
-    put_version(repository.root, "m", 2, b"not a model")
-    await repository.load("m")
+    broken = put_version(repository.root, "m", 2, b"not a model")
+    attempt = await repository.load("m")
     assert repository.get("m") is serving and serving.state is State.READY
     await assert_serves_add(serving)
+    assert attempt.state is State.UNAVAILABLE and attempt.reason.startswith(f"{broken}: ONNX Runtime cannot load")
+    assert attempt is not repository.models["m"] and repository.models["m"].state is State.READY
+    assert list(repository.index()) == [("m", "1", State.READY, kept_reason(attempt.reason)),
+                                        ("m", "2", State.UNAVAILABLE, attempt.reason)]
+    with pytest.raises(Unavailable, match=r"^model 'm' version 2 is unavailable: .*cannot load the model"):
+        repository.get("m", "2")
+    assert repository.all_ready()
+    assert ready_gauge(repository, "m", 1) == 1 and ready_gauge(repository, "m", 2) == 0
+    assert load_failures(repository, "m") == 1
+    assert any(r.levelname == "ERROR" and "reload failed" in r.getMessage() and "m" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_failed_reload_with_a_bad_config_yaml_keeps_the_serving_versions(repository: Repository,
+                                                                                 add_onnx: bytes) -> None:
+    """(a) a typo in config.yaml, then a load: the previous versions keep serving, the failure is reported."""
+    for number in (1, 2):
+        put_version(repository.root, "m", number, add_onnx)
+    config = repository.root / "m" / "config.yaml"
+    config.write_text("version_policy:\n  all: {}\n")
+    await repository.load("m")
+    serving = [repository.get("m", "1"), repository.get("m", "2")]
+    config.write_text("version_policy:\n  all: {}\nno_such_knob: 1\n")
+    attempt = await repository.load("m")
+    assert attempt.state is State.UNAVAILABLE and attempt.reason.startswith(f"{config}: no_such_knob: unknown key")
+    assert [repository.get("m", "1"), repository.get("m", "2")] == serving
+    assert all(state_of(v) is State.READY for v in serving)
+    await assert_serves_add(repository.get("m"))
+    assert list(repository.index()) == [("m", "1", State.READY, kept_reason(attempt.reason)),
+                                        ("m", "2", State.READY, kept_reason(attempt.reason))]
+    assert repository.models["m"].reason == attempt.reason
+    assert repository.all_ready()
+    assert ready_gauge(repository, "m", 1) == 1 and ready_gauge(repository, "m", 2) == 1
+    assert load_failures(repository, "m") == 1
+
+
+@pytest.mark.parametrize("how", ["load", "reload_all"])
+async def test_a_failed_reload_of_a_truncated_model_keeps_the_serving_version(repository: Repository,
+                                                                              add_onnx: bytes, how: str) -> None:
+    """(b) a truncated 1/model.onnx, then RepositoryModelLoad or SIGHUP: the loaded version 1 serves on."""
+    path = put_version(repository.root, "m", 1, add_onnx)
+    put_version(repository.root, "other", 1, add_onnx)
+    await repository.load_all()
+    serving = repository.get("m")
+    path.write_bytes(add_onnx[: len(add_onnx) // 2])
+    if how == "load":
+        await repository.load("m")
+    else:
+        await repository.reload_all()
+    assert repository.get("m") is serving and state_of(serving) is State.READY
+    await assert_serves_add(serving)
+    (row,) = [r for r in repository.index() if r[0] == "m"]
+    assert row[:3] == ("m", "1", State.READY)
+    assert row[3].startswith(kept_reason(f"{path}: ONNX Runtime cannot load the model")), row[3]
+    assert repository.all_ready()
+    assert ready_gauge(repository, "m", 1) == 1
+    assert load_failures(repository, "m") == 1 and load_failures(repository, "other") == 0
+
+
+async def test_a_failed_version_keeps_its_predecessor_while_the_others_are_replaced(repository: Repository,
+                                                                                    add_onnx: bytes) -> None:
+    for number in (1, 2):
+        put_version(repository.root, "m", number, add_onnx)
+    (repository.root / "m" / "config.yaml").write_text("version_policy:\n  all: {}\n")
+    await repository.load("m")
+    one, two = repository.get("m", "1"), repository.get("m", "2")
+    truncated = put_version(repository.root, "m", 2, add_onnx[:100])
+    model = await repository.load("m")
+    assert model is repository.models["m"] and model.state is State.READY
+    assert repository.get("m", "1") is not one and state_of(one) is State.UNLOADING  # replaced
+    assert repository.get("m", "2") is two and state_of(two) is State.READY  # its replacement failed
+    rows = list(repository.index())
+    assert rows[0] == ("m", "1", State.READY, "")
+    assert rows[1][:3] == ("m", "2", State.READY) and rows[1][3].startswith(kept_reason(f"{truncated}: "))
+    assert load_failures(repository, "m") == 1
+
+
+async def test_a_reload_after_a_failed_one_swaps_in_the_fixed_model(repository: Repository, add_onnx: bytes) -> None:
+    put_version(repository.root, "m", 1, add_onnx)
+    await repository.load("m")
+    serving = repository.get("m")
+    broken = put_version(repository.root, "m", 2, b"not a model")
+    await repository.load("m")
+    broken.write_bytes(add_onnx)
+    model = await repository.load("m")
+    assert model.state is State.READY and repository.get("m").version == 2
+    assert state_of(serving) is State.UNLOADING
+    assert list(repository.index()) == [("m", "2", State.READY, "")]
+    assert ready_gauge(repository, "m", 1) is None and ready_gauge(repository, "m", 2) == 1
+    assert load_failures(repository, "m") == 1
+
+
+async def test_a_first_load_that_fails_is_unavailable_and_counted(repository: Repository, add_onnx: bytes,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing serves yet, so there is nothing to keep: the model is UNAVAILABLE, as is an unloaded one."""
+    broken = put_version(repository.root, "m", 1, b"not a model")
+    model = await repository.load("m")
+    assert model is repository.models["m"] and model.state is State.UNAVAILABLE
+    assert list(repository.index()) == [("m", "1", State.UNAVAILABLE, model.reason)]
+    assert model.reason.startswith(f"{broken}: ONNX Runtime cannot load")
+    assert not repository.all_ready() and ready_gauge(repository, "m", 1) == 0
+    await repository.load("m")  # still broken, and still nothing to keep
+    assert repository.models["m"].state is State.UNAVAILABLE and load_failures(repository, "m") == 2
+    assert any(r.levelname == "ERROR" and "model m unavailable" in r.getMessage() for r in caplog.records)
+    broken.write_bytes(add_onnx)
+    assert (await repository.load("m")).state is State.READY and load_failures(repository, "m") == 2
+    put_version(repository.root, "n", 1, add_onnx)
+    await repository.load("n")
+    assert load_failures(repository, "n") == 0
+
+
+async def test_the_ready_gauge_stays_up_through_a_same_version_reload(repository: Repository, add_onnx: bytes,
+                                                                      tmp_path: Path) -> None:
+    put_version(repository.root, "m", 1, add_onnx)
+    await repository.load("m")
+    assert ready_gauge(repository, "m", 1) == 1
+    shutil.copyfile(slow_model(tmp_path / "elsewhere" / "slow.onnx", SLOW_WARM_UP_MS),
+                    repository.root / "m" / "1" / "model.onnx")
+    reloading = asyncio.create_task(repository.load("m"))
+    await asyncio.sleep(SLOW_WARM_UP_MS / 4000)  # the replacement is warming up; the old version serves
+    assert not reloading.done()
+    assert ready_gauge(repository, "m", 1) == 1
+    await reloading
+    assert ready_gauge(repository, "m", 1) == 1
+    put_version(repository.root, "m", 1, b"not a model")  # a failed same-version reload: version 1 serves on
+    await repository.load("m")
+    assert ready_gauge(repository, "m", 1) == 1 and repository.get("m").ready
+
+
+async def test_the_ready_gauge_reads_zero_while_a_new_model_loads(repository: Repository, tmp_path: Path) -> None:
+    slow_model(tmp_path / "slow" / "1" / "model.onnx", SLOW_WARM_UP_MS)
+    loading = asyncio.create_task(repository.load("slow"))
+    await wait_until(lambda: "slow" in repository.models)
+    await asyncio.sleep(SLOW_WARM_UP_MS / 4000)
+    assert ready_gauge(repository, "slow", 1) == 0
+    await loading
+    assert ready_gauge(repository, "slow", 1) == 1
 
 
 # --------------------------------------------------------------------------------------------- unload

@@ -10,9 +10,10 @@ import onnxruntime as ort
 import pytest
 from onnx_serve.core import repository
 from onnx_serve.core.metrics import Metrics
-from onnx_serve.core.repository import Repository, State
+from onnx_serve.core.repository import Repository
 from onnx_serve.core.runtime import first_line
 from onnx_serve.core.settings import Settings
+from onnx_serve.core.version import State
 
 from tests.helpers.serving import add_model
 

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from onnx_serve.core.metrics import Metrics
-    from onnx_serve.core.repository import Repository, State
+    from onnx_serve.core.repository import Repository
     from onnx_serve.core.settings import Settings
+    from onnx_serve.core.version import State
 
 _EXPORTS = {
     **dict.fromkeys(["ClassifyResult", "DataPlane", "EncodedImage", "ImageSource", "InferResult", "ModelMetadata",
@@ -44,7 +45,7 @@ _EXPORTS = {
                      "ResourceExhausted", "ServeError", "Unavailable"], "onnx_serve.core.errors"),
     "Metrics": "onnx_serve.core.metrics",
     "Repository": "onnx_serve.core.repository",
-    "State": "onnx_serve.core.repository",
+    "State": "onnx_serve.core.version",
     "Settings": "onnx_serve.core.settings",
 }
 __all__ = ["ClassifyResult", "ConfigError", "DataPlane", "DeadlineExceeded", "EncodedImage", "ImageSource",

@@ -23,10 +23,11 @@ from onnx_serve.core.batching import BatchTiming, JobResult
 from onnx_serve.core.codec import TensorSpec, check_arrays
 from onnx_serve.core.errors import InvalidArgument, NotFound, ServeError
 from onnx_serve.core.metrics import Metrics
-from onnx_serve.core.repository import ModelVersion, Repository, State
+from onnx_serve.core.repository import Repository
 from onnx_serve.core.runtime import Signature
 from onnx_serve.core.settings import cpu_quota
 from onnx_serve.core.stats import ModelStats
+from onnx_serve.core.version import ModelVersion, State
 from onnx_serve.imaging import Prediction, decode_image, image_from_pixels, preprocess, top_k
 
 SERVER_NAME = "onnx-serve"
@@ -345,11 +346,13 @@ def requested_output_indexes(outputs: Sequence[RequestedOutput], signature: Sign
     index = signature.output_index
     if not outputs:
         return list(index.values())
-    wanted = []
+    wanted: list[int] = []
     for output in outputs:
         if output.name not in index:
             raise InvalidArgument(f"requested output '{output.name}': the model has no such output (it has "
                                   f"{', '.join(index)})")
+        if index[output.name] in wanted:  # one answer per request: duplicates would amplify the response
+            raise InvalidArgument(f"requested output '{output.name}': asked for twice")
         for key in output.parameters:
             if key in UNSUPPORTED_OUTPUT_PARAMETERS:
                 raise InvalidArgument(f"requested output '{output.name}': parameter '{key}' is not supported "

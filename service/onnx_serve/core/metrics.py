@@ -43,7 +43,6 @@ LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LOAD_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 MAX_LABEL_LENGTH = 64
-MAX_UNKNOWN_MODELS = 100
 UNKNOWN_MODEL_LABEL = "(unknown)"
 
 METRIC_NAMES = (
@@ -58,6 +57,7 @@ METRIC_NAMES = (
     "onnx_serve_inflight_requests",
     "onnx_serve_model_ready",
     "onnx_serve_model_load_duration_seconds",
+    "onnx_serve_model_load_failures_total",
     "onnx_serve_execution_provider_info",
     "onnx_serve_build_info",
 )
@@ -105,6 +105,10 @@ class Metrics:
         self.model_load_duration = Histogram("onnx_serve_model_load_duration_seconds",
                                              "Time to load a model version, warm-up included.", mv,
                                              buckets=LOAD_BUCKETS_S, registry=r)
+        self.model_load_failures = Counter("onnx_serve_model_load_failures",
+                                           "Loads of a model (at start, RepositoryModelLoad, SIGHUP) that failed: "
+                                           "its config.yaml, or a version that did not load and warm up.",
+                                           ["model"], registry=r)
         self.provider_info = Gauge("onnx_serve_execution_provider_info",
                                    "Execution providers a model version's session really runs on.",
                                    [*mv, "provider"], multiprocess_mode="livemax", registry=r)
@@ -114,22 +118,15 @@ class Metrics:
 
         self._request_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self._inflight_series: dict[str, Any] = {}
-        self._unknown_names: set[str] = set()
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(self, model, version)
 
     def model_label(self, requested: str, known: bool) -> str:
-        """The `model` label of a request: the requested name (truncated), except that names the repository
-        does not have get their own series only up to MAX_UNKNOWN_MODELS of them; after that they share
-        UNKNOWN_MODEL_LABEL, so untrusted names cannot grow the metrics without bound."""
-        label = bounded(requested)
-        if known or label in self._unknown_names:
-            return label
-        if len(self._unknown_names) < MAX_UNKNOWN_MODELS:
-            self._unknown_names.add(label)
-            return label
-        return UNKNOWN_MODEL_LABEL
+        """The `model` label of a request: the model's name (truncated) when the repository has it (loaded, or
+        a directory that failed to load), else UNKNOWN_MODEL_LABEL for every name. Label values come from the
+        repository, never from the client, so no name a client sends creates a series."""
+        return bounded(requested) if known else UNKNOWN_MODEL_LABEL
 
     def inflight_for(self, model: str) -> Any:
         series = self._inflight_series.get(model)

@@ -2,141 +2,38 @@
 
 Each model version is loaded on its own (sessions created and warmed up in a worker thread) and is READY
 or UNAVAILABLE with a reason; a broken model never affects the others. A reload loads the new versions
-first and swaps them in atomically, then drains the old ones, so requests never see a gap.
+first and swaps them in atomically, then drains the old ones, so requests never see a gap; a version that
+fails to load replaces nothing that serves (Repository.load).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
-import numpy as np
-
-from onnx_serve.core.batching import Batcher, BatchPolicy, BatchTiming, JobResult
+from onnx_serve.core.batching import Batcher, BatchPolicy
 from onnx_serve.core.errors import ConfigError, InvalidArgument, NotFound, ServeError, Unavailable
-from onnx_serve.core.metrics import Metrics, VersionMetrics
+from onnx_serve.core.metrics import Metrics, bounded
 from onnx_serve.core.model_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, ModelConfig, load_model_config
 from onnx_serve.core.runtime import (
     RunnerPool,
     SessionPlan,
-    Signature,
     create_session,
     first_line,
     signature_of,
     warmup_feeds,
 )
 from onnx_serve.core.settings import Settings, default_intra_op_threads
-from onnx_serve.core.stats import ModelStats
+from onnx_serve.core.version import Model, ModelVersion, State, VersionObserver
 from onnx_serve.imaging import load_labels
 
 log = logging.getLogger(__name__)
 MODEL_FILENAME = "model.onnx"
 VERSION_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits only: int() also takes "٣" and refuses 5000 digits
-
-
-class State(StrEnum):
-    LOADING = "LOADING"
-    READY = "READY"
-    UNAVAILABLE = "UNAVAILABLE"
-    UNLOADING = "UNLOADING"
-
-
-class VersionObserver:
-    """Feeds one batcher's events to both the ModelStatistics counters and Prometheus."""
-
-    def __init__(self, stats: ModelStats, metrics: VersionMetrics) -> None:
-        self.stats, self.metrics = stats, metrics
-
-    def batch_executed(self, timing: BatchTiming) -> None:
-        self.stats.batch_executed(timing)
-        self.metrics.batch_executed(timing)
-
-    def queue_depth_changed(self, depth: int) -> None:
-        self.metrics.queue_depth_changed(depth)
-
-
-@dataclass(eq=False)
-class ModelVersion:
-    name: str
-    version: int
-    path: Path
-    config: ModelConfig
-    metrics: VersionMetrics
-    state: State = State.LOADING
-    reason: str = ""
-    signature: Signature = field(default_factory=lambda: Signature((), ()))
-    providers: tuple[str, ...] = ()
-    max_batch_size: int = 0
-    labels: list[str] | None = None
-    stats: ModelStats = field(default_factory=ModelStats)
-    runners: RunnerPool | None = None
-    batcher: Batcher | None = None
-    _pins: int = field(default=0, repr=False)
-    _unpinned: asyncio.Event | None = field(default=None, repr=False)
-
-    @property
-    def ready(self) -> bool:
-        return self.state is State.READY
-
-    def pin(self) -> None:
-        """Holds this version for one call, from lookup to answer (release it with unpin()): close() waits for
-        every pinned call, so a reload or unload never retires a version under a request that chose it."""
-        self._pins += 1
-
-    def unpin(self) -> None:
-        self._pins -= 1
-        if self._pins == 0 and self._unpinned is not None:
-            self._unpinned.set()
-
-    @contextlib.contextmanager
-    def pinned(self) -> Iterator[ModelVersion]:
-        """pin() and unpin() around a block (the request path calls them directly: a generator costs more)."""
-        self.pin()
-        try:
-            yield self
-        finally:
-            self.unpin()
-
-    async def infer(self, inputs: dict[str, np.ndarray], deadline_ns: int | None) -> JobResult:
-        # UNLOADING still serves the calls pinned before close() began (new lookups no longer find it).
-        if self.batcher is None or self.state not in (State.READY, State.UNLOADING):
-            raise Unavailable(f"model '{self.name}' version {self.version} is {self.state.value.lower()}")
-        return await self.batcher.submit(inputs, deadline_ns)
-
-    async def close(self, forget_metrics: bool = True) -> None:
-        """Waits for the calls pinned to this version, then drains and stops it. `forget_metrics` is False
-        when a reload replaces it with the same version number: its series are the replacement's now
-        (prometheus_client shares children by label)."""
-        self.state = State.UNLOADING
-        if self._pins:
-            if self._unpinned is None:  # shared, should close() be awaited twice
-                self._unpinned = asyncio.Event()
-            await self._unpinned.wait()
-        if self.batcher is not None:
-            await self.batcher.close()
-        if self.runners is not None:
-            await asyncio.to_thread(self.runners.close)
-        if forget_metrics:
-            self.metrics.forget()
-
-
-@dataclass(eq=False)
-class Model:
-    name: str
-    directory: Path
-    versions: dict[int, ModelVersion] = field(default_factory=dict)
-    state: State = State.LOADING
-    reason: str = ""
-
-    def ready_versions(self) -> list[ModelVersion]:
-        return [v for _, v in sorted(self.versions.items()) if v.ready]
 
 
 class Repository:
@@ -170,16 +67,35 @@ class Repository:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def load(self, name: str) -> Model:
-        """Loads (or reloads) a model; its previous versions keep serving until the new ones are ready."""
+        """Loads (or reloads) a model. No failed reload changes what serves: each serving version keeps serving,
+        READY, until its replacement has loaded and warmed up.
+
+        A reload loads the versions its version_policy chooses beside the serving ones, then installs, per
+        version number, the new version if it is READY, else the serving one of that number (if any), else
+        the failed new one (UNAVAILABLE with its reason). Serving versions the policy no longer chooses are
+        retired once at least one new version is READY; when none is (config.yaml does not parse, or every
+        chosen version failed), they all serve on. A first load, or a reload of a model that serves nothing,
+        installs what it loaded, as it is: a failed one leaves the model UNAVAILABLE.
+
+        A failed attempt is reported in the log (ERROR), in onnx_serve_model_load_failures_total{model} and
+        in the index: a serving version kept past it stays READY, with the reason
+        "reload failed, still serving the previous load: <why>"; a new version that failed is its own
+        UNAVAILABLE row; the installed Model's reason is the attempt's reason.
+
+        Returns the model as installed, except when the attempt brought no version READY while previous
+        versions serve on: then the attempt itself (not installed; UNAVAILABLE, with the reason), so the
+        caller (RepositoryModelLoad) reports the failure although the model still serves.
+        """
         directory = self.root / name
         if not self.on_disk(name):
             raise NotFound(f"model '{name}' is not in the model repository")
         async with self._lock(name):
             started = time.perf_counter()
-            model = Model(name, directory)
+            attempt = Model(name, directory)
             previous = self.models.get(name)
             if previous is None:
-                self.models[name] = model
+                self.models[name] = attempt  # LOADING in the index until it is installed
+            serving = {} if previous is None else {v.version: v for v in previous.ready_versions()}
             try:
                 config = load_model_config(directory / "config.yaml")
                 numbers = sorted(int(p.name) for p in directory.iterdir()
@@ -189,22 +105,56 @@ class Repository:
                 chosen = config.version_policy.select(numbers)
                 if not chosen:
                     raise ConfigError(f"{directory}: version_policy selects none of the versions {numbers}")
-                loaded = await asyncio.gather(*(self._load_version(name, directory, v, config) for v in chosen))
-                model.versions = {v.version: v for v in loaded}
-                model.state = State.READY if model.ready_versions() else State.UNAVAILABLE
-                model.reason = "" if model.ready_versions() else "; ".join(v.reason for v in loaded)
+                loaded = await asyncio.gather(*(self._load_version(name, directory, v, config,
+                                                                   mark_loading=v not in serving) for v in chosen))
+                attempt.versions = {v.version: v for v in loaded}
+                attempt.state = State.READY if attempt.ready_versions() else State.UNAVAILABLE
+                attempt.reason = "; ".join(v.reason for v in loaded if not v.ready)
             except ConfigError as exc:
-                model.state, model.reason = State.UNAVAILABLE, str(exc)
-            if model.state is State.UNAVAILABLE:
-                log.error("model %s unavailable: %s", name, model.reason)
+                attempt.state, attempt.reason = State.UNAVAILABLE, str(exc)
+            failed = [v for v in attempt.versions.values() if not v.ready]
+            failures = self.metrics.model_load_failures.labels(bounded(name))  # at 0 from the first load on
+            if failed or attempt.state is not State.READY:
+                attempt.reason = attempt.reason or "failed to load"
+                failures.inc()
+            installed = self._installed(attempt, serving)
+            kept = [n for n, v in installed.versions.items() if serving.get(n) is v]
+            if installed.state is State.UNAVAILABLE:
+                log.error("model %s unavailable: %s", name, installed.reason)
             else:
-                log.info("model %s ready: versions %s in %.2fs", name,
-                         ",".join(str(v.version) for v in model.ready_versions()), time.perf_counter() - started)
-            self.models[name] = model
-            if previous is not None and previous is not model:
-                await self._retire(previous, keep=set(model.versions))
+                for version in failed:
+                    if version.version not in kept:
+                        log.error("model %s version %d unavailable: %s", name, version.version, version.reason)
+                if kept:
+                    log.error("model %s: reload failed, still serving the previous load of version(s) %s: %s",
+                              name, ",".join(map(str, kept)), attempt.reason)
+                if attempt.state is State.READY:
+                    log.info("model %s ready: versions %s in %.2fs", name,
+                             ",".join(str(v.version) for v in attempt.ready_versions()), time.perf_counter() - started)
+            self.models[name] = installed
+            for version in installed.versions.values():  # the ready gauge says what serves now
+                version.metrics.set_ready(version.ready, version.providers)
+            if previous is not None and previous is not installed:
+                await self._retire(previous, keep=installed)
+            # The failed versions a serving one stood in for are not closed: only READY ones hold sessions.
         await self._changed()
-        return model
+        return installed if installed is attempt or attempt.state is State.READY else attempt
+
+    @staticmethod
+    def _installed(attempt: Model, serving: dict[int, ModelVersion]) -> Model:
+        """What a load installs (see load): the attempt, with the serving versions it failed to replace (or,
+        when it brought none READY, every serving version) merged in, READY, noted as kept."""
+        if not attempt.reason:
+            return attempt
+        versions = dict(attempt.versions)
+        kept = [old for number, old in serving.items()
+                if not (versions[number].ready if number in versions else attempt.state is State.READY)]
+        if not kept:
+            return attempt
+        for old in kept:
+            old.reason = f"reload failed, still serving the previous load: {attempt.reason}"
+            versions[old.version] = old
+        return Model(attempt.name, attempt.directory, dict(sorted(versions.items())), State.READY, attempt.reason)
 
     async def unload(self, name: str) -> None:
         async with self._lock(name):
@@ -215,18 +165,25 @@ class Repository:
             log.info("model %s unloaded", name)
         await self._changed()
 
-    async def _retire(self, model: Model, keep: set[int] | None = None) -> None:
-        keep = keep or set()
-        await asyncio.gather(*(v.close(forget_metrics=n not in keep) for n, v in model.versions.items()))
+    async def _retire(self, model: Model, keep: Model | None = None) -> None:
+        """Closes the versions of `model` that `keep` (the model now installed) does not hold; a version whose
+        number `keep` still has leaves its metric series to the one serving under that number."""
+        kept = {} if keep is None else keep.versions
+        await asyncio.gather(*(v.close(forget_metrics=n not in kept) for n, v in model.versions.items()
+                               if kept.get(n) is not v))
 
     async def close(self) -> None:
         for name in list(self.models):
             await self.unload(name)
 
-    async def _load_version(self, name: str, directory: Path, number: int, config: ModelConfig) -> ModelVersion:
+    async def _load_version(self, name: str, directory: Path, number: int, config: ModelConfig, *,
+                            mark_loading: bool = True) -> ModelVersion:
+        """Loads one version; load() sets its ready gauge once it is installed. `mark_loading` sets the gauge
+        to 0 meanwhile, which load() does only for a number nothing serves under (the series is shared)."""
         path = directory / str(number) / MODEL_FILENAME
         version = ModelVersion(name, number, path, config, self.metrics.for_version(name, str(number)))
-        version.metrics.set_ready(False)
+        if mark_loading:
+            version.metrics.set_ready(False)
         started = time.perf_counter()
         try:
             if not path.is_file():
@@ -244,7 +201,6 @@ class Repository:
         version.batcher = Batcher(_policy(version), version.runners, VersionObserver(version.stats, version.metrics))
         version.batcher.start()
         version.state = State.READY
-        version.metrics.set_ready(True, version.providers)
         return version
 
     def _create_runtime(self, version: ModelVersion) -> None:

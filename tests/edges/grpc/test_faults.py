@@ -123,3 +123,37 @@ def test_a_preprocess_config_that_does_not_fit_the_model_fails_at_load(tmp_path:
         assert index["conv"].state == "UNAVAILABLE"
         assert "preprocess gives FP32 [1, 1, 28, 28]" in index["conv"].reason
         assert add_ok(client)
+
+
+def test_a_failed_reload_keeps_the_model_serving(tmp_path: Path) -> None:
+    """RepositoryModelLoad with a broken config.yaml, then SIGHUP with a broken new version: both fail and are
+    reported, and version 1 serves on, READY, through both."""
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    config = tmp_path / "add" / "config.yaml"
+    with in_process_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
+        assert add_ok(client) and client.is_server_ready()
+        config.write_text("max_batch_size: lots\n")
+        with pytest.raises(InferenceServerException) as failure:
+            client.load_model("add")
+        assert failure.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "failed to load 'add'" in failure.value.message() and "max_batch_size" in failure.value.message()
+        assert client.is_model_ready("add") and client.is_model_ready("add", "1") and client.is_server_ready()
+        assert add_ok(client)
+        (row,) = client.get_model_repository_index().models
+        assert (row.name, row.version, row.state) == ("add", "1", "READY")
+        assert "reload failed" in row.reason and "max_batch_size" in row.reason
+        text = server.scrape()
+        assert value(text, "onnx_serve_model_load_failures_total", model="add") == 1
+        assert value(text, "onnx_serve_model_ready", model="add", version="1") == 1
+        assert "ERROR onnx_serve.core.repository: model add: reload failed" in server.log()
+
+        config.unlink()
+        (tmp_path / "add" / "2").mkdir()
+        (tmp_path / "add" / "2" / "model.onnx").write_bytes(b"\x08\x01garbage, not a protobuf" * 10)
+        server.server.call(server.server.reload(), timeout_s=30)  # what SIGHUP runs
+        assert client.is_model_ready("add") and client.is_server_ready() and add_ok(client)
+        rows = {m.version: m for m in client.get_model_repository_index().models}
+        assert rows["1"].state == "READY" and rows["2"].state == "UNAVAILABLE"
+        assert "cannot load the model" in rows["2"].reason
+        assert not client.is_model_ready("add", "2")
+        assert value(server.scrape(), "onnx_serve_model_load_failures_total", model="add") == 2

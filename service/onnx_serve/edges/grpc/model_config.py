@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onnx_serve.core.repository import ModelVersion
+from onnx_serve.core.version import ModelVersion
 from onnx_serve.protos.inference import model_config_pb2 as mc
 
 PLATFORM = "onnxruntime_onnx"
