@@ -129,6 +129,8 @@ async def test_bad_inputs_fail_and_count_once(plane: DataPlane, inputs: dict[str
     ({"timeout": True}, [], "parameters.timeout"),
     ({}, [RequestedOutput("other")], "requested output 'other'"),
     ({}, [RequestedOutput("sum", {"classification": 3})], "parameter 'classification' is not supported"),
+    ({}, [RequestedOutput("sum"), RequestedOutput("sum")], "requested output 'sum': asked for twice"),
+    ({}, [RequestedOutput("sum")] * 10_000, "requested output 'sum': asked for twice"),  # no amplified answer
 ])
 async def test_bad_parameters_and_outputs(plane: DataPlane, parameters: dict[str, int], outputs: list[RequestedOutput],
                                           message: str) -> None:
@@ -136,10 +138,16 @@ async def test_bad_parameters_and_outputs(plane: DataPlane, parameters: dict[str
         await plane.infer("add", "", ones(1), outputs, parameters=parameters)
 
 
-async def test_unknown_model_is_counted_under_its_name_without_statistics(plane: DataPlane) -> None:
-    with pytest.raises(NotFound, match="unknown model 'ghost'"):
-        await plane.infer("ghost", "", ones(1))
-    assert sample(plane, "onnx_serve_requests_total", model="ghost", version="", api="infer", code="NOT_FOUND") == 1
+async def test_unknown_models_are_counted_as_one_unknown_series_without_statistics(plane: DataPlane) -> None:
+    for name in ("ghost", *(f"ghost-{i}" for i in range(150))):
+        with pytest.raises(NotFound, match=f"unknown model '{name}'"):
+            await plane.infer(name, "", ones(1))
+    assert sample(plane, "onnx_serve_requests_total", model="(unknown)", version="", api="infer",
+                  code="NOT_FOUND") == 151
+    assert sample(plane, "onnx_serve_requests_total", model="ghost", version="", api="infer", code="NOT_FOUND") == 0
+    assert sample(plane, "onnx_serve_inflight_requests", model="(unknown)") == 0
+    labels = {sample.labels.get("model") for family in plane.metrics.registry.collect() for sample in family.samples}
+    assert not any(label and label.startswith("ghost") for label in labels)
     with pytest.raises(NotFound):
         plane.statistics("ghost")
 

@@ -141,6 +141,8 @@ CASES: dict[str, Case] = {
         name="sum").parameters["classification"].SetInParent()), "requested output 'sum'", "classification"),
     "shared memory asked for an output": field_case(INVALID, spoil(add_request(), lambda r: r.outputs.add(
         name="sum").parameters["shared_memory_region"].SetInParent()), "requested output 'sum'", "shared_memory"),
+    "the same output asked for many times": field_case(INVALID, spoil(add_request(), lambda r: [
+        r.outputs.add(name="sum") for _ in range(10_000)]), "requested output 'sum'", "twice"),
     # datatype
     "unknown datatype": field_case(INVALID, input_field("datatype", "FLOAT32"), "input 'a'", "datatype 'FLOAT32'"),
     "empty datatype": field_case(INVALID, input_field("datatype", ""), "input 'a'", "datatype"),

@@ -86,7 +86,8 @@ def test_counts_are_exact(server_after_traffic: tuple[InProcessServer, str]) -> 
     requests = "onnx_serve_requests_total"
     assert value(text, requests, model="add", version="1", api="infer", code="OK") == GOOD_INFER
     assert value(text, requests, model="add", version="1", api="infer", code="INVALID_ARGUMENT") == BAD_INFER
-    assert value(text, requests, model="no-such-model", version="", api="infer", code="NOT_FOUND") == UNKNOWN
+    assert value(text, requests, model="(unknown)", version="", api="infer", code="NOT_FOUND") == UNKNOWN
+    assert 'model="no-such-model"' not in text
     assert value(text, requests, model="conv", api="classify", code="OK") == GOOD_CLASSIFY
     assert value(text, requests, model="conv", api="classify", code="INVALID_ARGUMENT") == BAD_CLASSIFY
     duration = "onnx_serve_request_duration_seconds_count"
@@ -116,17 +117,34 @@ def test_gauges_and_info(server_after_traffic: tuple[InProcessServer, str]) -> N
         assert any(n == metric or n.startswith(metric + "_") for n in names), metric
 
 
-def test_label_values_are_bounded(repository: Path) -> None:
-    with in_process_server(repository) as server, tc.InferenceServerClient(server.url) as client:
+def test_label_values_are_bounded(tmp_path: Path) -> None:
+    """Label values come from the repository, never from the client: every name it does not have (however
+    many, however long) is the one `(unknown)` series; a model it has keeps its name, and so does a
+    directory that failed to load."""
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    a = tc.InferInput("a", [1, 4], "FP32")
+    a.set_data_from_numpy(np.ones((1, 4), np.float32))
+    b = tc.InferInput("b", [1, 4], "FP32")
+    b.set_data_from_numpy(np.ones((1, 4), np.float32))
+    with in_process_server(tmp_path) as server, tc.InferenceServerClient(server.url) as client:
         with pytest.raises(InferenceServerException):
             client.get_model_metadata("x" * 500)
-        a = tc.InferInput("a", [1, 4], "FP32")
-        a.set_data_from_numpy(np.ones((1, 4), np.float32))
         with pytest.raises(InferenceServerException):
-            client.infer("y" * 500, [a])
+            client.infer("y" * 500, [a, b])
+        for i in range(150):  # more fresh names than any allowance of named unknown series
+            with pytest.raises(InferenceServerException):
+                client.infer(f"ghost-{i}", [a, b])
+        with pytest.raises(InferenceServerException):
+            client.infer("broken", [a, b])
+        client.infer("add", [a, b])
         text = server.scrape()
-    models = {dict(labels).get("model", "") for _, labels in samples(text)}
-    assert max(len(m) for m in models) <= 64
+    models = {dict(labels)["model"] for _, labels in samples(text) if "model" in dict(labels)}
+    assert models == {"add", "broken", "(unknown)"}
+    assert value(text, "onnx_serve_requests_total", model="(unknown)", api="infer", code="NOT_FOUND") == 151
+    assert value(text, "onnx_serve_requests_total", model="broken", api="infer") == 1
+    assert value(text, "onnx_serve_requests_total", model="add", api="infer", code="OK") == 1
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing (Debian package prometheus)")

@@ -58,9 +58,11 @@ async def answer_concurrently(
 ) -> AsyncIterator[Resp]:
     """Serves a bidirectional stream: every request is answered as soon as its own answer is ready (so the
     responses need not follow request order; each carries its request's id), with at most `max_inflight`
-    answers pending so one stream cannot queue unbounded work. A request that fails is answered
-    `failure(request, error)` in the stream, which stays open."""
-    responses: asyncio.Queue[Resp | None] = asyncio.Queue()
+    answers pending, computing or waiting to be written, so one stream cannot queue unbounded work or
+    unbounded responses: a request's slot is released only once grpc has taken its response (the `yield`
+    returns when grpc's flow control has accepted the message), so a client that does not read stops being
+    read from. A request that fails is answered `failure(request, error)` in the stream, which stays open."""
+    responses: asyncio.Queue[Resp | None] = asyncio.Queue()  # at most max_inflight: each holds its slot
     slots = asyncio.Semaphore(max_inflight)
     tasks: set[asyncio.Task[None]] = set()
 
@@ -70,9 +72,10 @@ async def answer_concurrently(
                 response = await answer(request)
             except ServeError as exc:
                 response = failure(request, exc)
-            responses.put_nowait(response)
-        finally:
-            slots.release()
+        except BaseException:
+            slots.release()  # no response to write: its slot is free now
+            raise
+        responses.put_nowait(response)  # keeps its slot until the consumer has taken it
 
     async def read() -> None:
         try:
@@ -89,7 +92,10 @@ async def answer_concurrently(
     reader = asyncio.create_task(read())
     try:
         while (response := await responses.get()) is not None:
-            yield response
+            try:
+                yield response
+            finally:
+                slots.release()
         await reader
     finally:
         reader.cancel()
