@@ -237,3 +237,20 @@ async def test_metadata_index_and_repository_errors(plane: DataPlane) -> None:
     assert plane.ready()
     plane.draining = True
     assert not plane.ready() and plane.live()
+
+
+async def test_a_cancelled_call_is_counted_cancelled_not_ok(slow_plane: DataPlane) -> None:
+    """A client that leaves mid-call (grpc cancels the handler's task) is CANCELLED in the request counter and
+    a failure in the statistics, never an OK."""
+    plane = slow_plane
+    call = asyncio.create_task(plane.infer("slow", "", {"x": np.ones((1, 2), np.float32)}))
+    await asyncio.sleep(0.03)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    labels = {"model": "slow", "version": "1", "api": "infer"}
+    assert sample(plane, "onnx_serve_requests_total", **labels, code="CANCELLED") == 1
+    assert sample(plane, "onnx_serve_requests_total", **labels, code="OK") == 0
+    assert sample(plane, "onnx_serve_inflight_requests", model="slow") == 0
+    [stats] = plane.statistics("slow")
+    assert (stats.stats.success.count, stats.stats.fail.count) == (0, 1)
