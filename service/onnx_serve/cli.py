@@ -78,12 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     from onnx_serve.edges.grpc.server import check_security_settings
     from onnx_serve.logs import setup_logging
+    from onnx_serve.server import check_repository
     from onnx_serve.workers import run_server
 
     try:
         settings = settings_from(args)
-        # A TLS or token setting that cannot be honoured stops the server here, before any port (or worker).
+        # A TLS or token setting that cannot be honoured, or no repository, stops the server here, before any
+        # port (or worker).
         check_security_settings(settings)
+        check_repository(settings.model_repository)
     except SettingError as error:
         # argparse's error line and exit status 2, without the usage: a variable or a file is at fault, not the
         # flags' syntax.

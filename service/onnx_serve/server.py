@@ -32,6 +32,18 @@ from onnx_serve.core.settings import SettingError, Settings
 from onnx_serve.edges.grpc.server import GrpcEdge, PortUnavailable
 
 log = logging.getLogger("onnx_serve.server")
+
+
+def check_repository(path: Path) -> None:
+    """The model repository must be a directory this process can list; anything else is a start-up mistake."""
+    if not path.exists():
+        raise SettingError(f"--model-repository {path}: no such directory")
+    if not path.is_dir():
+        raise SettingError(f"--model-repository {path}: not a directory")
+    try:
+        next(iter(path.iterdir()), None)
+    except OSError as exc:
+        raise SettingError(f"--model-repository {path}: cannot be read ({exc.strerror or exc})") from None
 T = TypeVar("T")
 
 
@@ -71,18 +83,28 @@ class Server:
     # ------------------------------------------------------------------------------------------------ async
 
     async def start(self) -> None:
-        """Binds the edges, loads every model (READY after its warm-up), then reports health. Raises
-        PortUnavailable when the gRPC address cannot be bound, SettingError (before anything binds) for a
-        TLS or token setting that cannot be honoured."""
+        """Checks the repository, binds the metrics exporter and the edges, loads every model (READY after its
+        warm-up), then reports health. Raises SettingError before anything binds for a setting it cannot
+        honour (no repository directory; a TLS or token file), PortUnavailable when a port cannot be bound;
+        nothing is left listening after a failed start."""
         settings = self.settings
+        check_repository(settings.model_repository)
         if settings.tracing:
             tracing.setup()
         self._grpc = GrpcEdge(self.data_plane, settings, self._reuse_port)
-        self.grpc_port = await self._grpc.start()
         if settings.metrics_port >= 0:
-            self._exporter, _, self.metrics_port = start_exporter(settings.metrics_bind_host, settings.metrics_port,
-                                                                  self.metrics)
+            try:
+                self._exporter, _, self.metrics_port = start_exporter(settings.metrics_bind_host,
+                                                                      settings.metrics_port, self.metrics)
+            except OSError as exc:
+                raise PortUnavailable(f"cannot serve metrics on {settings.metrics_bind_host}:{settings.metrics_port}:"
+                                      f" {exc.strerror or exc}") from None
             log.info("metrics listening on %s:%d", settings.metrics_bind_host, self.metrics_port)
+        try:
+            self.grpc_port = await self._grpc.start()
+        except BaseException:
+            self._stop_exporter()
+            raise
         if self.worker is None:
             log.info("grpc listening on %s:%d%s", settings.host, self.grpc_port,
                      " (TLS)" if self._grpc.credentials else "")
@@ -91,7 +113,10 @@ class Server:
         self.data_plane.started = True
         await self._grpc.publish_health()
         who = "server" if self.worker is None else f"worker {self.worker}"
-        log.info("%s %s", who, "ready" if self.data_plane.ready() else "started, but not every model is ready")
+        if not self.repository.models:
+            log.warning("%s ready, but no models found in %s", who, settings.model_repository)
+        else:
+            log.info("%s %s", who, "ready" if self.data_plane.ready() else "started, but not every model is ready")
 
     async def reload(self) -> None:
         """Reloads every model of the repository (SIGHUP): new versions load beside the serving ones."""
@@ -109,24 +134,24 @@ class Server:
             task.cancel()
         await self.repository.close()
         self.data_plane.close()
-        if self._exporter is not None:
-            self._exporter.shutdown()
-            self._exporter.server_close()
+        self._stop_exporter()
         tracing.shutdown()
         log.info("stopped")
 
+    def _stop_exporter(self) -> None:
+        if self._exporter is not None:
+            self._exporter.shutdown()
+            self._exporter.server_close()
+            self._exporter = None
+
     async def serve(self, on_ready: Callable[[], None] | None = None) -> int:
-        """Runs until SIGTERM or SIGINT (then drains and returns 0); SIGHUP reloads. Returns 2 for a setting it
-        cannot honour (a TLS or token file: SettingError), 1 when the server cannot start otherwise; the reason
-        is logged, in one line."""
+        """Runs until SIGTERM or SIGINT (then drains and returns 0); SIGHUP reloads. Returns 2 for a start-up
+        mistake (a setting it cannot honour, a port in use), logged in one line."""
         try:
             await self.start()
-        except SettingError as exc:
+        except (SettingError, PortUnavailable) as exc:
             log.error("%s", exc)
             return 2
-        except (PortUnavailable, ValueError) as exc:
-            log.error("%s", exc)
-            return 1
         if on_ready is not None:
             on_ready()
         stop = asyncio.Event()

@@ -59,6 +59,13 @@ def _worker_main(settings: Settings, index: int, ready: multiprocessing.Queue[in
 def _supervise(settings: Settings) -> int:
     from onnx_serve.core.metrics import start_exporter
 
+    # Both ports are taken before any worker starts, so a port in use is one line and exit 2, as with one process.
+    try:
+        reserved = _reserve_port(settings.host, settings.grpc_port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.grpc_port, exc.strerror or exc)
+        return 2
+    port = reserved.getsockname()[1]
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = tempfile.mkdtemp(prefix="onnx-serve-metrics-")
@@ -66,8 +73,18 @@ def _supervise(settings: Settings) -> int:
     metrics_dir = Path(os.environ[MULTIPROC_ENV])
     for stale in metrics_dir.glob("*.db"):  # a previous run's files would be counted again
         stale.unlink()
-    reserved = _reserve_port(settings.host, settings.grpc_port)
-    port = reserved.getsockname()[1]
+    exporter = None
+    if settings.metrics_port >= 0:
+        try:
+            exporter, _, metrics_port = start_exporter(settings.metrics_bind_host, settings.metrics_port, None)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s:%d: %s", settings.metrics_bind_host, settings.metrics_port,
+                      exc.strerror or exc)
+            reserved.close()
+            if own_dir is not None:
+                shutil.rmtree(own_dir, ignore_errors=True)
+            return 2
+        log.info("metrics listening on %s:%d", settings.metrics_bind_host, metrics_port)
     worker_settings = dataclasses.replace(settings, grpc_port=port, metrics_port=-1)
     context = multiprocessing.get_context("spawn")
     ready: multiprocessing.Queue[int] = context.Queue()
@@ -79,10 +96,6 @@ def _supervise(settings: Settings) -> int:
                                   name=f"onnx-serve-worker-{index}")
         process.start()
         workers.append(process)
-    exporter = None
-    if settings.metrics_port >= 0:
-        exporter, _, metrics_port = start_exporter(settings.metrics_bind_host, settings.metrics_port, None)
-        log.info("metrics listening on %s:%d", settings.metrics_bind_host, metrics_port)
     log.info("grpc listening on %s:%d (%d workers)", settings.host, port, settings.workers)
 
     stopping = False
