@@ -34,6 +34,11 @@ from onnx_serve.edges.grpc.server import GrpcEdge, PortUnavailable
 log = logging.getLogger("onnx_serve.server")
 
 
+def _reachable(bind_host: str) -> str:
+    """An address this process can connect to on a server bound to `bind_host` (all interfaces: loopback)."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "") else bind_host
+
+
 def check_repository(path: Path) -> None:
     """The model repository must be a directory this process can list; anything else is a start-up mistake."""
     if not path.exists():
@@ -72,13 +77,11 @@ class Server:
 
     @property
     def grpc_url(self) -> str:
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        return f"{host}:{self.grpc_port}"
+        return f"{_reachable(self.settings.host)}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
-        host = "127.0.0.1" if self.settings.metrics_bind_host in ("0.0.0.0", "") else self.settings.metrics_bind_host
-        return f"http://{host}:{self.metrics_port}/metrics"
+        return f"http://{_reachable(self.settings.metrics_bind_host)}:{self.metrics_port}/metrics"
 
     # ------------------------------------------------------------------------------------------------ async
 

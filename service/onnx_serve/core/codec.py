@@ -61,10 +61,7 @@ def decode_input(
     dt = datatype(tensor.datatype, where)
     shape = tuple(tensor.shape)
     if spec is not None:
-        if dt.name != spec.datatype:
-            raise InvalidArgument(f"{where}: datatype {dt.name} does not match the model's {spec.datatype}")
-        if not spec.accepts_shape(shape):
-            raise InvalidArgument(f"{where}: shape {list(shape)} does not match the model's {list(spec.shape)}")
+        check_fits(dt, shape, spec, where)
     count = element_count(shape, where, max_elements)
     has_typed = tensor.HasField("contents")
     if raw is not None:
@@ -131,29 +128,45 @@ def check_arrays(inputs: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], 
     by_name = {spec.name: spec for spec in specs}
     checked: dict[str, np.ndarray] = {}
     for name, given in inputs.items():
-        spec = by_name.get(name)
+        spec = model_input(by_name, name)
         where = f"input '{name}'"
-        if spec is None:
-            raise InvalidArgument(f"{where}: the model has no such input (it takes {', '.join(by_name)})")
         array = np.asarray(given)
         try:
             dt = datatype_of(array)
         except KeyError:
             raise InvalidArgument(f"{where}: numpy dtype {array.dtype} is not a V2 datatype") from None
-        if dt.name != spec.datatype:
-            raise InvalidArgument(f"{where}: datatype {dt.name} does not match the model's {spec.datatype}")
-        if not spec.accepts_shape(array.shape):
-            raise InvalidArgument(f"{where}: shape {list(array.shape)} does not match the model's {list(spec.shape)}")
+        check_fits(dt, array.shape, spec, where)
         element_count(array.shape, where, max_elements)
         if dt.name == "BYTES":
             array = _as_text(_bytes_elements(array, where).reshape(array.shape), where)
         elif array.dtype != dt.numpy:  # big-endian: ONNX Runtime would read the bytes as little-endian
             array = array.astype(dt.numpy)
         checked[name] = array
-    missing = [name for name in by_name if name not in checked]
+    check_none_missing(by_name, checked)
+    return checked
+
+
+# The rules every way of giving inputs (wire tensors, in-process arrays) is held to, with the same messages.
+
+
+def model_input(specs: Mapping[str, TensorSpec], name: str) -> TensorSpec:
+    spec = specs.get(name)
+    if spec is None:
+        raise InvalidArgument(f"input '{name}': the model has no such input (it takes {', '.join(specs)})")
+    return spec
+
+
+def check_fits(dt: DataType, shape: Sequence[int], spec: TensorSpec, where: str) -> None:
+    if dt.name != spec.datatype:
+        raise InvalidArgument(f"{where}: datatype {dt.name} does not match the model's {spec.datatype}")
+    if not spec.accepts_shape(shape):
+        raise InvalidArgument(f"{where}: shape {list(shape)} does not match the model's {list(spec.shape)}")
+
+
+def check_none_missing(specs: Mapping[str, TensorSpec], given: Mapping[str, np.ndarray]) -> None:
+    missing = [name for name in specs if name not in given]
     if missing:
         raise InvalidArgument(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    return checked
 
 
 def _bytes_elements(array: np.ndarray, where: str) -> np.ndarray:

@@ -138,6 +138,11 @@ class DataPlane:
     def ready(self) -> bool:
         return self.started and not self.draining and self.repository.all_ready()
 
+    def model_readiness(self) -> dict[str, bool]:
+        """Each loaded model's name and whether it serves (for per-model health): none does while draining."""
+        return {name: model.state is State.READY and not self.draining
+                for name, model in list(self.repository.models.items())}
+
     def model_ready(self, name: str, version: str = "") -> bool:
         # As Triton: an unknown, unloaded or failed model (or version) is simply not ready, not an error, so
         # readiness polls get False instead of an exception.

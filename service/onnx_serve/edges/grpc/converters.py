@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from onnx_serve.core.codec import decode_input
+from onnx_serve.core.codec import check_none_missing, decode_input, model_input
 from onnx_serve.core.dataplane import (
     ClassifyResult,
     EncodedImage,
@@ -41,16 +41,11 @@ def decode_request(request: pb.ModelInferRequest, signature: Signature, max_elem
         raise InvalidArgument(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs")
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
-        spec = specs.get(tensor.name)
-        if spec is None:
-            raise InvalidArgument(f"input '{tensor.name}': the model has no such input (it takes "
-                                  f"{', '.join(specs)})")
+        spec = model_input(specs, tensor.name)
         if tensor.name in inputs:
             raise InvalidArgument(f"input '{tensor.name}': given twice")
         inputs[tensor.name] = decode_input(tensor, raw[i] if raw else None, spec, max_elements)
-    missing = [name for name in specs if name not in inputs]
-    if missing:
-        raise InvalidArgument(f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    check_none_missing(specs, inputs)
     return inputs
 
 

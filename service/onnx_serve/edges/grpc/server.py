@@ -16,7 +16,6 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from onnx_serve import protos
 from onnx_serve.core.dataplane import DataPlane
 from onnx_serve.core.settings import SettingError, Settings
-from onnx_serve.core.version import State
 from onnx_serve.edges.grpc.auth import TokenAuthInterceptor
 from onnx_serve.edges.grpc.classify import ClassifyServicer
 from onnx_serve.edges.grpc.inference import InferenceServicer
@@ -144,11 +143,9 @@ class GrpcEdge:
 
     async def publish_health(self) -> None:
         """Per-model health, and "" for the whole server: SERVING only when every model is ready."""
-        plane = self.plane
-        for name, model in list(plane.repository.models.items()):
-            ready = model.state is State.READY and not plane.draining
+        for name, ready in self.plane.model_readiness().items():
             await self.health.set(name, SERVING if ready else NOT_SERVING)
-        await self.health.set("", SERVING if plane.ready() else NOT_SERVING)
+        await self.health.set("", SERVING if self.plane.ready() else NOT_SERVING)
 
     async def stop(self, grace_s: float) -> None:
         """Health goes NOT_SERVING, new RPCs are refused, in-flight ones get `grace_s` to finish."""
