@@ -15,7 +15,8 @@ from onnx_serve.edges.grpc import PortUnavailable
 
 from tests.helpers.serving import add_model
 
-LOCAL = Settings(host="127.0.0.1", grpc_port=0, metrics_port=0, execution_providers=("CPUExecutionProvider",))
+LOCAL = Settings(host="127.0.0.1", grpc_port=0, metrics_port=0, drain_delay_s=0,
+                 execution_providers=("CPUExecutionProvider",))
 
 
 def server_threads() -> list[threading.Thread]:

@@ -16,8 +16,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
@@ -49,7 +51,38 @@ def check_repository(path: Path) -> None:
         next(iter(path.iterdir()), None)
     except OSError as exc:
         raise SettingError(f"--model-repository {path}: cannot be read ({exc.strerror or exc})") from None
+
+
 T = TypeVar("T")
+HARD_EXIT_MARGIN_S = 0.8  # the process exits within drain delay + grace period + 1 s, whatever clients do
+QUIET_S = 0.05  # no new call for this long: every closed-loop client's call is held (a resend takes < 1 ms here)
+MAX_HOLD_S = 1.0  # open-loop clients never go quiet: shut down after this long anyway
+GOAWAY_SETTLE_S = 0.1  # for clients to read the GOAWAY before their held call is answered
+
+
+def _exit_after(seconds: float) -> None:
+    """Ends the process after `seconds` if the drain has not by then: a watchdog thread, because what could stall
+    the drain (a client that never reads, a hung model) may hold the event loop's tasks, not this thread."""
+    def expire() -> None:
+        log.error("shutdown did not finish within %.1fs (drain delay + grace period): exiting now", seconds)
+        _flush_logs()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True  # a normal exit does not wait for it
+    timer.start()
+
+
+def _exit_now() -> None:
+    log.warning("second stop signal: exiting without finishing the drain")
+    _flush_logs()
+    os._exit(1)
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger("onnx_serve").handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
 
 
 class Server:
@@ -126,13 +159,22 @@ class Server:
         log.info("reloading the model repository")
         await self.repository.reload_all()
 
-    async def stop(self, grace_s: float | None = None) -> None:
-        """Drains: health NOT_SERVING, new RPCs refused, in-flight ones finish within the grace period."""
-        grace = self.settings.grace_period_s if grace_s is None else grace_s
-        log.info("draining: finishing in-flight requests for up to %.1fs", grace)
+    async def stop(self, grace_s: float | None = None, drain_delay_s: float | None = None) -> None:
+        """Drains in the order a load balancer relies on (settings give the times unless passed here):
+        1. health NOT_SERVING while requests are still served, for the drain delay: Kubernetes removes the
+           endpoint meanwhile, so that new requests go elsewhere;
+        2. new requests refused UNAVAILABLE (the status clients retry), running ones finish, within the grace
+           period;
+        3. the edges stop listening (GOAWAY: clients reconnect elsewhere) and cancel what still runs; the
+           models unload."""
+        grace = max(0.0, self.settings.grace_period_s if grace_s is None else grace_s)
+        delay = max(0.0, self.settings.drain_delay_s if drain_delay_s is None else drain_delay_s)
+        log.info("draining: health NOT_SERVING for %.1fs, then in-flight requests get up to %.1fs", delay, grace)
         self.data_plane.draining = True
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            self._grpc.begin_drain()
+        await asyncio.sleep(delay)
+        await self._stop_edges(grace)
         for task in list(self._reloads):
             task.cancel()
         await self.repository.close()
@@ -140,6 +182,22 @@ class Server:
         self._stop_exporter()
         tracing.shutdown()
         log.info("stopped")
+
+    async def _stop_edges(self, grace: float) -> None:
+        """Steps 2 and 3 of stop(): refused calls are held (see core/admission.py) until the edges have said
+        GOAWAY, so that no client has a call on the wire when grpc core shuts down and cancels those."""
+        admission = self.data_plane.admission
+        deadline = time.monotonic() + grace
+        if not await admission.finish(grace):
+            log.warning("grace period over: cancelling the requests still running")
+        await admission.quiet(QUIET_S, min(MAX_HOLD_S, deadline - time.monotonic()))
+        stopping = asyncio.gather(*(edge.stop(max(0.0, deadline - time.monotonic())) for edge in self._edges()))
+        await asyncio.sleep(GOAWAY_SETTLE_S)  # clients read the GOAWAY before their held call's answer
+        admission.release()
+        await stopping
+
+    def _edges(self) -> list[GrpcEdge]:
+        return [edge for edge in (self._grpc,) if edge is not None]
 
     def _stop_exporter(self) -> None:
         if self._exporter is not None:
@@ -164,11 +222,15 @@ class Server:
         loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
         try:
             await stop.wait()
+            limit = max(0.0, self.settings.drain_delay_s) + max(0.0, self.settings.grace_period_s) + HARD_EXIT_MARGIN_S
+            _exit_after(limit)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, _exit_now)
+            await self.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(ValueError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        await self.stop()
         return 0
 
     def _reload_in_background(self) -> None:

@@ -17,6 +17,7 @@ FLAGS = {
     "model_repository": "--model-repository", "host": "--host", "grpc_port": "--grpc-port",
     "metrics_port": "--metrics-port", "metrics_host": "--metrics-host", "log_level": "--log-level",
     "log_format": "--log-format", "access_log": "--access-log", "grace_period_s": "--grace-period",
+    "drain_delay_s": "--drain-delay",
     "workers": "--workers", "execution_providers": "--execution-providers", "strict_providers": "--strict-providers",
     "intra_op_threads": "--intra-op-threads", "inter_op_threads": "--inter-op-threads",
     "max_message_bytes": "--max-message-bytes", "max_connection_age_s": "--max-connection-age",

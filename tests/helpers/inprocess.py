@@ -65,6 +65,7 @@ class InProcessServer:
 def in_process_server(repository: Path, **settings: Any) -> Iterator[InProcessServer]:
     """`settings` are onnx_serve.Settings fields, e.g. execution_providers=("CPUExecutionProvider",)."""
     chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "grace_period_s": 5.0,
+                         "drain_delay_s": 0.0,
                          **settings})
     ours = logging.getLogger("onnx_serve")
     lines = _Lines()

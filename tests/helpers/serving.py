@@ -98,6 +98,34 @@ def string_model(path: Path) -> Path:
     return save_model(graph, path)
 
 
+def spin_model(path: Path, milliseconds: int) -> Path:
+    """Like slow_model, but a run takes roughly `milliseconds` times the input's largest value: the warm-up
+    (zeros) is instant, a call with x = 1 keeps an instance busy."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
+        "body",
+        [tensor("i", TensorProto.INT64, []), tensor("cond_in", TensorProto.BOOL, []),
+         tensor("acc_in", TensorProto.FLOAT, [])],
+        [tensor("cond_out", TensorProto.BOOL, []), tensor("acc_out", TensorProto.FLOAT, [])],
+        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["x"], ["largest"], keepdims=0),
+        helper.make_node("Mul", ["largest", "per_unit"], ["scaled"]),
+        helper.make_node("Cast", ["scaled"], ["iters"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["iters", "cond", "zero"], ["total"], body=body),
+        helper.make_node("Mul", ["x", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "total"], ["y"]),
+    ]
+    constants = [helper.make_tensor("per_unit", TensorProto.FLOAT, [], [milliseconds * 1000.0]),
+                 helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+                 helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])]
+    graph = helper.make_graph(nodes, "spin", [tensor("x", TensorProto.FLOAT, ["N", 2])],
+                              [tensor("y", TensorProto.FLOAT, ["N", 2])], initializer=constants)
+    return save_model(graph, path)
+
+
 def slow_model(path: Path, milliseconds: int) -> Path:
     """Sleeps roughly `milliseconds` per run (a big loop of Adds), to keep requests in flight."""
     iterations = helper.make_tensor("iters", TensorProto.INT64, [], [milliseconds * 1000])

@@ -147,12 +147,15 @@ def test_probes_use_the_grpc_health_services(overlay: tuple[str, list[dict[str, 
         assert container[probe]["grpc"] == {"port": grpc_port}, f"{probe} must check service '' (ready)"
 
 
-def test_termination_grace_covers_prestop_and_drain(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+def test_termination_grace_covers_the_drain(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     docs = overlay[1]
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
-    pre_stop_seconds = container_of(docs)["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain_seconds = int(settings_of(docs)["ONNX_SERVE_GRACE_PERIOD"])
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop_seconds + drain_seconds + 5
+    settings = settings_of(docs)
+    drain_seconds = int(settings["ONNX_SERVE_DRAIN_DELAY"]) + int(settings["ONNX_SERVE_GRACE_PERIOD"])
+    assert int(settings["ONNX_SERVE_DRAIN_DELAY"]) >= 3, "endpoints need seconds to drop a terminating pod"
+    # The server exits within delay + grace + 1 s; Kubernetes must not SIGKILL it before.
+    assert pod["terminationGracePeriodSeconds"] >= drain_seconds + 5
+    assert "lifecycle" not in container_of(docs), "the drain delay replaces a preStop sleep"
 
 
 def test_onnxruntime_threads_follow_the_cpu_limit(overlay: tuple[str, list[dict[str, Any]]]) -> None:

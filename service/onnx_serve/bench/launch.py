@@ -123,7 +123,8 @@ def serve_command(repository: Path, *args: str) -> list[str]:
     """`onnx-serve serve` on 127.0.0.1, gRPC and metrics on ports the kernel picks; ``args`` come last, so they
     override these."""
     return [sys.executable, "-m", "onnx_serve", "serve", "--model-repository", str(repository),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0", *args]
+            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+            "--drain-delay", "0", *args]
 
 
 def start_server(repository: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True,

@@ -19,6 +19,7 @@ import numpy as np
 
 from onnx_serve import __version__
 from onnx_serve.core.accounting import CallRecord
+from onnx_serve.core.admission import Admission
 from onnx_serve.core.batching import BatchTiming, JobResult
 from onnx_serve.core.codec import TensorSpec, check_arrays
 from onnx_serve.core.errors import InvalidArgument, NotFound, ServeError
@@ -122,7 +123,8 @@ class DataPlane:
         self.metrics = metrics
         self.max_elements = max_elements  # the most elements one request may carry
         self.started = False  # set once the first load of the repository is done
-        self.draining = False
+        self.draining = False  # health reports NOT_SERVING (the drain delay), requests are still served
+        self.admission = Admission()  # what the server's stop() uses to finish calls and refuse new ones
         # Pillow releases the GIL while decoding and resizing, so these threads run in parallel.
         self._preprocess_pool = ThreadPoolExecutor(max_workers=max(2, int(cpu_quota())),
                                                    thread_name_prefix="preprocess")
@@ -209,14 +211,19 @@ class DataPlane:
         """One accounted call: looks the version up, pins it while `work(version, call, *args)` runs, and
         records the outcome once (a failure becomes the ServeError the edge answers with)."""
         call = CallRecord(self.metrics, api, model, request_id, model_known=model in self.repository.models)
+        admission = self.admission
         try:
+            if admission.refusing:
+                await admission.refuse()
             chosen = self.repository.get(model, version)
             call.version = str(chosen.version)
             chosen.pin()
+            admission.active += 1
             try:
                 return await work(chosen, call, *args)
             finally:
                 chosen.unpin()
+                admission.call_ended()
         except BaseException as exc:
             raise call.failed(exc) from None
         finally:

@@ -137,7 +137,12 @@ class Settings:
         "log line format; json writes one object per line", choices=("text", "json")))
     access_log: bool = field(default=False, metadata=setting_doc("log one line per request at INFO"))
     grace_period_s: float = field(default=30.0, metadata=setting_doc(
-        "time in-flight requests get to finish after SIGTERM or SIGINT", flag="grace-period", unit="seconds"))
+        "time in-flight requests get to finish after SIGTERM or SIGINT, once the drain delay is over; the process "
+        "exits within drain delay + grace period + 1 s whatever clients do", flag="grace-period", unit="seconds"))
+    drain_delay_s: float = field(default=5.0, metadata=setting_doc(
+        "after SIGTERM or SIGINT, time health reports NOT_SERVING while requests are still served, so that load "
+        "balancers (Kubernetes endpoints) stop sending before new requests are refused", flag="drain-delay",
+        unit="seconds"))
     workers: int = field(default=1, metadata=setting_doc(
         "server processes sharing the port (SO_REUSEPORT), each with its own sessions"))
     execution_providers: tuple[str, ...] = field(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from onnx_serve import protos
@@ -18,33 +17,18 @@ from onnx_serve.core.dataplane import DataPlane
 from onnx_serve.core.settings import SettingError, Settings
 from onnx_serve.edges.grpc.auth import TokenAuthInterceptor
 from onnx_serve.edges.grpc.classify import ClassifyServicer
+from onnx_serve.edges.grpc.health import NOT_SERVING, SERVING, HealthServicer
 from onnx_serve.edges.grpc.inference import InferenceServicer
+from onnx_serve.edges.grpc.transport import make_server
 from onnx_serve.protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
 
 log = logging.getLogger("onnx_serve.edges.grpc")
 LIVENESS = "liveness"  # health service name that reports on the process alone
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class PortUnavailable(OSError):
     """The gRPC address cannot be bound: in use, or not an address of this machine."""
-
-
-def grpc_options(settings: Settings, reuse_port: bool) -> list[tuple[str, int]]:
-    options = [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        # grpc turns SO_REUSEPORT on by default, which lets a second server silently share a busy port.
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-    ]
-    if settings.max_connection_age_s > 0:
-        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
-        options.append(("grpc.max_connection_age_grace_ms", int(settings.max_connection_age_grace_s * 1000)))
-    if settings.max_concurrent_streams > 0:
-        options.append(("grpc.max_concurrent_streams", settings.max_concurrent_streams))
-    return options
 
 
 def check_security_settings(settings: Settings) -> None:
@@ -114,7 +98,7 @@ class GrpcEdge:
         self.plane = plane
         self.settings = settings
         interceptors = [TokenAuthInterceptor.from_file(settings.auth_token_file)] if settings.auth_token_file else []
-        self.server = grpc.aio.server(options=grpc_options(settings, reuse_port), interceptors=interceptors)
+        self.server = make_server(settings, reuse_port, interceptors)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), self.server)
         classify_pb2_grpc.add_ImageClassifierServicer_to_server(ClassifyServicer(plane), self.server)
         self.health = HealthServicer()
@@ -136,20 +120,23 @@ class GrpcEdge:
         if port == 0:
             raise PortUnavailable(f"cannot listen on {address}: the address is in use or not available here")
         self.port = port
-        await self.health.set(LIVENESS, SERVING)
-        await self.health.set("", NOT_SERVING)
+        self.health.set(LIVENESS, SERVING)
+        self.health.set("", NOT_SERVING)
         await self.server.start()
         return port
 
     async def publish_health(self) -> None:
         """Per-model health, and "" for the whole server: SERVING only when every model is ready."""
         for name, ready in self.plane.model_readiness().items():
-            await self.health.set(name, SERVING if ready else NOT_SERVING)
-        await self.health.set("", SERVING if self.plane.ready() else NOT_SERVING)
+            self.health.set(name, SERVING if ready else NOT_SERVING)
+        self.health.set("", SERVING if self.plane.ready() else NOT_SERVING)
+
+    def begin_drain(self) -> None:
+        """Health NOT_SERVING for good (liveness excepted: the process is alive), while RPCs are still answered."""
+        self.health.shutdown(keep=(LIVENESS,))
 
     async def stop(self, grace_s: float) -> None:
-        """Health goes NOT_SERVING, new RPCs are refused, in-flight ones get `grace_s` to finish."""
-        await self.health.enter_graceful_shutdown()
+        """Stops listening and sends GOAWAY; RPCs still running get `grace_s` to finish, then are cancelled."""
         await self.server.stop(grace=grace_s)
 
 
