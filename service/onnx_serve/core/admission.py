@@ -25,16 +25,18 @@ class Admission:
         self.active = 0  # calls being served (held ones are not)
         self._idle: asyncio.Event | None = None  # set when the last active call ends, while finish() waits
         self._release: asyncio.Event | None = None  # set when held calls may be answered
-        self._last_refusal = 0.0  # time.monotonic() of the latest call refused
+        self._last_activity = 0.0  # time.monotonic() of the latest refusal, or end of a call, since refusing
 
     def call_ended(self) -> None:
         self.active -= 1
+        if self.refusing:  # its client's next call is on its way
+            self._last_activity = time.monotonic()
         if not self.active and self._idle is not None:
             self._idle.set()
 
     async def refuse(self) -> NoReturn:
         """Holds a new call until release(), then refuses it UNAVAILABLE."""
-        self._last_refusal = time.monotonic()
+        self._last_activity = time.monotonic()
         if self._release is not None:
             await self._release.wait()
         raise Unavailable(SHUTTING_DOWN)
@@ -43,6 +45,7 @@ class Admission:
         """Starts refusing new calls and waits up to `timeout_s` for the active ones to end; True when none is
         left."""
         self.refusing = True
+        self._last_activity = time.monotonic()
         if self._release is None:
             self._release = asyncio.Event()
         if not self.active:
@@ -57,12 +60,12 @@ class Admission:
             self._idle = None
 
     async def quiet(self, quiet_s: float, timeout_s: float) -> bool:
-        """Waits until no call has been refused for `quiet_s` (every closed-loop client is held), at most
-        `timeout_s`; True when it got quiet."""
+        """Waits until, for `quiet_s`, no call has been refused and none has ended (every closed-loop client's
+        call is held), at most `timeout_s`; True when it got quiet."""
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
             now = time.monotonic()
-            since = now - self._last_refusal
+            since = now - self._last_activity
             if since >= quiet_s:
                 return True
             if now >= deadline:
