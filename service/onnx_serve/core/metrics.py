@@ -12,7 +12,7 @@ import contextlib
 import os
 import platform
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from socketserver import ThreadingMixIn
 from threading import Thread
 from typing import Any
@@ -33,6 +33,8 @@ from prometheus_client import (
     make_wsgi_app,
     multiprocess,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from onnx_serve import __version__
 from onnx_serve.core.batching import BatchTiming
@@ -195,6 +197,22 @@ def _remove(metric: Gauge, *labels: str) -> None:
         metric.remove(*labels)
 
 
+class WorkerRestarts:
+    """onnx_serve_worker_restarts_total{worker}: worker processes the --workers supervisor restarted. The
+    supervisor serves no requests and writes no multiprocess files, so this is a collector of its own, exported
+    beside the workers' aggregate (start_exporter's `extra`); every worker index is a series from the start."""
+
+    def __init__(self, workers: int) -> None:
+        self.counts = [0] * workers  # written by the supervisor's main thread, read by the exporter's
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("onnx_serve_worker_restarts",
+                                     "Worker processes restarted after one died or exited unasked.", labels=["worker"])
+        for index, count in enumerate(self.counts):
+            family.add_metric([str(index)], count)
+        yield family
+
+
 # wsgiref's serve_forever looks for a shutdown request once per poll interval: short, so that stopping a
 # server (an in-process one in a notebook or a test, too) takes milliseconds, not half a second.
 EXPORTER_POLL_S = 0.05
@@ -209,13 +227,17 @@ class _ExporterServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-def start_exporter(host: str, port: int, metrics: Metrics | None) -> tuple[WSGIServer, Thread, int]:
-    """Serves /metrics; in multiprocess mode it aggregates every worker's files instead of one registry."""
+def start_exporter(host: str, port: int, metrics: Metrics | None, extra: Sequence[Collector] = ()
+                   ) -> tuple[WSGIServer, Thread, int]:
+    """Serves /metrics; in multiprocess mode it aggregates every worker's files instead of one registry, and
+    adds the `extra` collectors (the supervisor's own metrics) to that aggregate."""
     if metrics is None or multiprocess_mode():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
+        for own in extra:
+            registry.register(own)
     else:
         registry = metrics.registry
     family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
