@@ -29,10 +29,12 @@ from onnx_serve.core.errors import (
     Unavailable,
 )
 from onnx_serve.imaging import (
+    DecodingBudget,
     ImageLimits,
     PostprocessConfig,
     Prediction,
     PreprocessConfig,
+    decode_and_preprocess,
     decode_image,
     image_from_pixels,
     load_labels,
@@ -171,6 +173,7 @@ def test_preprocess_config_errors_name_the_file_and_key(raw: object, message: st
         (parse_limits, {"max_image_bytes": -1}, "limits.max_image_bytes: expected an integer >= 1"),
         (parse_limits, {"max_image_pixels": 10**9}, "limits.max_image_pixels: expected an integer in 1..89478485"),
         (parse_limits, {"max_images": 3}, "limits.max_images: unknown key"),
+        (parse_limits, {"max_decoded_bytes": 0}, "limits.max_decoded_bytes: expected an integer >= 1"),
         (parse_limits, "big", "limits: expected a mapping, got str 'big'"),
     ],
 )
@@ -655,6 +658,38 @@ def test_any_bytes_either_preprocess_or_raise_invalid_argument(data: bytes) -> N
         return
     out = preprocess(image, FUZZ_CFG)
     assert out.shape == (3, 8, 8) and np.isfinite(out).all()
+
+
+def _pipeline_samples() -> list[bytes]:
+    """Images that take each of the server pipeline's own paths: reduced, drafted, progressive, EXIF-rotated,
+    16-bit, TIFF strips, palette with transparency."""
+    page = Image.effect_noise((64, 48), 60)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return [encode(page, "JPEG"), encode(page.convert("RGB"), "JPEG", progressive=True),
+            encode(page, "JPEG", exif=exif.tobytes()), encode(page.convert("I;16"), "PNG"),
+            encode(page.convert("RGB"), "TIFF", compression="tiff_lzw"), encode(page.convert("F"), "TIFF"),
+            encode(page.convert("P"), "PNG", transparency=3), encode(page.convert("RGBA"), "WEBP")]  # fmt: skip
+
+
+PIPELINE_SAMPLES = SAMPLES + _pipeline_samples()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(damaged_images(), st.sampled_from(PIPELINE_SAMPLES).flatmap(
+    lambda sample: st.builds(lambda cut, at, value: bytes(sample[:at]) + bytes([value]) + bytes(sample[at + 1:cut]),
+                             st.integers(1, len(sample)), st.integers(0, len(sample) - 1), st.integers(0, 255)))))
+def test_the_server_pipeline_either_preprocesses_or_raises_invalid_argument(data: bytes) -> None:
+    budget = DecodingBudget(64 * 1024 * 1024)
+    for cfg in (FUZZ_CFG, replace(FUZZ_CFG, color_mode="L", resize="exact", center="mass", width=28, height=28)):
+        try:
+            out = decode_and_preprocess(data, FUZZ_LIMITS, cfg, budget)
+        except InvalidArgument:
+            continue
+        finally:
+            assert budget.in_use_bytes == 0
+        assert out.shape == cfg.output_shape and np.isfinite(out).all()
 
 
 # ------------------------------------------------------------------------------------ center: mass

@@ -29,7 +29,7 @@ from onnx_serve.core.runtime import Signature
 from onnx_serve.core.settings import cpu_quota
 from onnx_serve.core.stats import ModelStats
 from onnx_serve.core.version import ModelVersion, State
-from onnx_serve.imaging import Prediction, decode_image, image_from_pixels, preprocess, top_k
+from onnx_serve.imaging import DecodingBudget, Prediction, decode_and_preprocess, image_from_pixels, preprocess, top_k
 
 SERVER_NAME = "onnx-serve"
 PLATFORM = "onnxruntime_onnx"
@@ -128,6 +128,7 @@ class DataPlane:
         # Pillow releases the GIL while decoding and resizing, so these threads run in parallel.
         self._preprocess_pool = ThreadPoolExecutor(max_workers=max(2, int(cpu_quota())),
                                                    thread_name_prefix="preprocess")
+        self._decoding_budget = DecodingBudget(repository.settings.max_decoding_bytes)  # shared by those threads
 
     def close(self) -> None:
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
@@ -306,7 +307,8 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         try:
-            tensor = await loop.run_in_executor(self._preprocess_pool, _prepare, version, image)
+            tensor = await loop.run_in_executor(self._preprocess_pool, _prepare, version, image,
+                                                self._decoding_budget)
         except ServeError as exc:
             raise type(exc)(f"image {index}: {exc}") from None
         prepared = time.perf_counter_ns()
@@ -317,17 +319,16 @@ class DataPlane:
         return result
 
 
-def _prepare(version: ModelVersion, image: ImageSource | None) -> np.ndarray:
+def _prepare(version: ModelVersion, image: ImageSource | None, budget: DecodingBudget) -> np.ndarray:
     """Blocking (runs in the preprocess pool): decode and transform one image into the model's input. None is
     an image that carries no data (an empty oneof on the wire)."""
     config, limits = version.config, version.config.limits
     if image is None:
         raise InvalidArgument("neither encoded bytes nor raw pixels given")
-    if isinstance(image, EncodedImage):
-        decoded = decode_image(image.data, limits)
-    else:
-        decoded = image_from_pixels(image.data, image.width, image.height, image.channels, limits)
     assert config.preprocess is not None  # its fit to the model's input was checked at load
+    if isinstance(image, EncodedImage):
+        return decode_and_preprocess(image.data, limits, config.preprocess, budget)
+    decoded = image_from_pixels(image.data, image.width, image.height, image.channels, limits)
     return preprocess(decoded, config.preprocess)
 
 

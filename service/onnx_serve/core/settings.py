@@ -158,6 +158,10 @@ class Settings:
     inter_op_threads: int = field(default=0, metadata=setting_doc("ONNX Runtime inter-op threads; 0 = 1"))
     max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=setting_doc(
         "largest gRPC message accepted or sent", unit="bytes"))
+    max_decoding_bytes: int = field(default=256 * 1024 * 1024, metadata=setting_doc(
+        "memory all of a worker's Classify image decodes in flight may hold together (decoded pixels and their "
+        "reduced copies; each image is also bounded by its model's limits.max_decoded_bytes); an image that cannot "
+        "get its bytes within 1 s is answered RESOURCE_EXHAUSTED; 0 = no limit", unit="bytes"))
     max_connection_age_s: float = field(default=0.0, metadata=setting_doc(
         "close client connections after this long (clients reconnect, which rebalances load after a scale-out); "
         "0 = never", flag="max-connection-age", unit="seconds"))

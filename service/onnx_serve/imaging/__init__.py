@@ -2,8 +2,11 @@
 top-k labels. No grpc, no HTTP, no onnxruntime.
 
 decode (bytes or pixels -> image), config (the model's preprocess/postprocess/limits sections), preprocess
-(image -> tensor), framing (MNIST's centre-of-mass framing), postprocess (scores -> top-k, labels)."""
+(image -> tensor), reduce (shrink a large image before it is framed or resized), framing (MNIST's centre-of-mass
+framing), budget (the server's decoded bytes in flight), pipeline (bytes -> tensor within the budgets, what the
+server runs), postprocess (scores -> top-k, labels)."""
 
+from onnx_serve.imaging.budget import DecodingBudget
 from onnx_serve.imaging.config import (
     PostprocessConfig,
     PreprocessConfig,
@@ -13,12 +16,13 @@ from onnx_serve.imaging.config import (
 )
 from onnx_serve.imaging.decode import ImageLimits, decode_image, image_from_pixels, to_standard_mode
 from onnx_serve.imaging.framing import frame_by_mass
+from onnx_serve.imaging.pipeline import decode_and_preprocess
 from onnx_serve.imaging.postprocess import load_labels, top_k
-from onnx_serve.imaging.preprocess import preprocess, shorter_side_geometry
+from onnx_serve.imaging.preprocess import preprocess, reduction_factor, shorter_side_geometry
 from onnx_serve.types import Prediction
 
 __all__ = [
-    "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig", "decode_image", "frame_by_mass",
-    "image_from_pixels", "load_labels", "parse_limits", "parse_postprocess", "parse_preprocess", "preprocess",
-    "shorter_side_geometry", "to_standard_mode", "top_k",
+    "DecodingBudget", "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig", "decode_and_preprocess",
+    "decode_image", "frame_by_mass", "image_from_pixels", "load_labels", "parse_limits", "parse_postprocess",
+    "parse_preprocess", "preprocess", "reduction_factor", "shorter_side_geometry", "to_standard_mode", "top_k",
 ]  # fmt: skip

@@ -140,6 +140,7 @@ def parse_limits(raw: object, where: str) -> ImageLimits:
         max_image_bytes=section.integer("max_image_bytes", d.max_image_bytes, 1),
         max_image_pixels=section.integer("max_image_pixels", d.max_image_pixels, 1, pillow_limit),
         max_images_per_request=section.integer("max_images_per_request", d.max_images_per_request, 1),
+        max_decoded_bytes=section.integer("max_decoded_bytes", d.max_decoded_bytes, 1),
     )
 
 

@@ -33,17 +33,26 @@ def frame_by_mass(grey: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     frame, and placed so its centre of mass is the frame's centre. Returns uint8 (H, W, 1), ink white, ready
     for scaling; a blank image gives a black frame."""
     invert = is_dark_on_light(grey[:, :, np.newaxis]) if cfg.invert == "auto" else cfg.invert
-    ink = 255 - grey if invert else grey
     frame = np.zeros((cfg.height, cfg.width, 1), dtype=np.uint8)
-    brightest = int(ink.max())
+    # The ink is 255 - grey when inverted. Its bounding box comes from the brightest ink of each row and column,
+    # so no image-sized copy, mask or index array is made (np.nonzero of a mask gives two int64s a pixel); only
+    # the crop is ever inverted.
+    if invert:
+        row_ink = 255 - grey.min(axis=1).astype(np.int16)
+        col_ink = 255 - grey.min(axis=0).astype(np.int16)
+    else:
+        row_ink, col_ink = grey.max(axis=1), grey.max(axis=0)
+    brightest = int(row_ink.max())
     if brightest == 0:  # a blank image: nothing to frame
         return frame
-    rows, cols = np.nonzero(ink > 0.2 * brightest)
-    crop = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    rows = np.flatnonzero(row_ink > 0.2 * brightest)  # ink above 20 % of the brightest is the digit
+    cols = np.flatnonzero(col_ink > 0.2 * brightest)
+    crop = grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    crop = 255 - crop if invert else np.ascontiguousarray(crop)
     box_side = max(1, round(min(cfg.width, cfg.height) * 20 / 28))
     scale = box_side / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    box = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(size, cfg.resampling))
+    box = np.asarray(Image.fromarray(crop).resize(size, cfg.resampling))
     weights = box.astype(np.float64)
     mass = weights.sum()
     centre_y = (weights.sum(axis=1) @ np.arange(box.shape[0])) / mass if mass else (box.shape[0] - 1) / 2
