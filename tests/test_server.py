@@ -15,7 +15,7 @@ from onnx_serve.edges.grpc import PortUnavailable
 
 from tests.helpers.serving import add_model
 
-LOCAL = Settings(host="127.0.0.1", grpc_port=0, metrics_port=0, drain_delay_s=0,
+LOCAL = Settings(host="127.0.0.1", grpc_port=0, http_port=0, metrics_port=0, drain_delay_s=0,
                  execution_providers=("CPUExecutionProvider",))
 
 
@@ -35,7 +35,7 @@ def test_a_busy_port_raises_and_leaves_nothing_listening(tmp_path: Path) -> None
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        settings = Settings(host="127.0.0.1", grpc_port=busy, metrics_port=0)
+        settings = Settings(host="127.0.0.1", grpc_port=busy, http_port=0, metrics_port=0)
         with pytest.raises(PortUnavailable, match=f"127.0.0.1:{busy}"), Server(tmp_path, settings):
             pass
     assert server_threads() == []

@@ -3,8 +3,8 @@ Python (async or sync) or run until a signal by `onnx-serve serve`.
 
     from onnx_serve import Server, Settings
 
-    with Server("models", Settings(grpc_port=0, metrics_port=0)) as server:   # a thread runs its loop
-        print(server.grpc_url)
+    with Server("models", Settings(grpc_port=0, http_port=0, metrics_port=0)) as server:   # a thread runs its loop
+        print(server.grpc_url, server.http_url)
 
     async with Server("models") as server:                                    # on the running loop
         result = await server.data_plane.infer("mnist-cnn", "", {"input": batch})
@@ -32,6 +32,7 @@ from onnx_serve.core.metrics import Metrics, start_exporter
 from onnx_serve.core.repository import Repository
 from onnx_serve.core.settings import SettingError, Settings
 from onnx_serve.edges.grpc.server import GrpcEdge, PortUnavailable
+from onnx_serve.edges.http import HttpEdge
 
 log = logging.getLogger("onnx_serve.server")
 
@@ -101,16 +102,23 @@ class Server:
         self.data_plane = DataPlane(self.repository, self.metrics, max_elements=settings.max_message_bytes)
         self._reuse_port = reuse_port
         self._grpc: GrpcEdge | None = None
+        self._http: HttpEdge | None = None
         self._exporter: WSGIServer | None = None
         self._reloads: set[asyncio.Task[None]] = set()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
 
     @property
     def grpc_url(self) -> str:
         return f"{_reachable(self.settings.host)}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        scheme = "https" if self._http is not None and self._http.ssl is not None else "http"
+        return f"{scheme}://{_reachable(self.settings.http_bind_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -128,6 +136,8 @@ class Server:
         if settings.tracing:
             tracing.setup()
         self._grpc = GrpcEdge(self.data_plane, settings, self._reuse_port)
+        if settings.http_port >= 0:
+            self._http = HttpEdge(self.data_plane, settings, self._reuse_port)
         if settings.metrics_port >= 0:
             try:
                 self._exporter, _, self.metrics_port = start_exporter(settings.metrics_bind_host,
@@ -144,6 +154,16 @@ class Server:
         if self.worker is None:
             log.info("grpc listening on %s:%d%s", settings.host, self.grpc_port,
                      " (TLS)" if self._grpc.credentials else "")
+        if self._http is not None:
+            try:
+                self.http_port = await self._http.start()
+            except BaseException:
+                await self._grpc.stop(0)
+                self._stop_exporter()
+                raise
+            if self.worker is None:
+                log.info("http listening on %s:%d%s", settings.http_bind_host, self.http_port,
+                         " (TLS)" if self._http.ssl else "")
         self.repository.listeners.append(self._grpc.publish_health)
         await self.repository.load_all()
         self.data_plane.started = True
@@ -196,8 +216,8 @@ class Server:
         admission.release()
         await stopping
 
-    def _edges(self) -> list[GrpcEdge]:
-        return [edge for edge in (self._grpc,) if edge is not None]
+    def _edges(self) -> list[GrpcEdge | HttpEdge]:
+        return [edge for edge in (self._grpc, self._http) if edge is not None]
 
     def _stop_exporter(self) -> None:
         if self._exporter is not None:

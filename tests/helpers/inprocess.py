@@ -35,7 +35,8 @@ class _Lines(logging.Handler):
 @dataclass
 class InProcessServer:
     """A started Server under the names tests use for a subprocess one (ServerProcess): url, grpc_port,
-    metrics_port, metrics_url, pid, log(), scrape(). Ports and URLs are settled once it has started."""
+    metrics_port, metrics_url, pid, log(), scrape(); and http_port, http_url (http://127.0.0.1:PORT; "" when
+    HTTP is off). Ports and URLs are settled once it has started."""
 
     server: Server
     url: str
@@ -43,10 +44,13 @@ class InProcessServer:
     metrics_port: int
     metrics_url: str
     _log: _Lines = field(default_factory=_Lines)
+    http_port: int = 0
+    http_url: str = ""
 
     @classmethod
     def started(cls, server: Server, log: _Lines) -> InProcessServer:
-        return cls(server, server.grpc_url, server.grpc_port, server.metrics_port, server.metrics_url, log)
+        return cls(server, server.grpc_url, server.grpc_port, server.metrics_port, server.metrics_url, log,
+                   server.http_port, server.http_url if server.http_port else "")
 
     def log(self) -> str:
         """What the onnx_serve loggers wrote while this server ran (every server's, if several run at once)."""
@@ -64,7 +68,7 @@ class InProcessServer:
 @contextmanager
 def in_process_server(repository: Path, **settings: Any) -> Iterator[InProcessServer]:
     """`settings` are onnx_serve.Settings fields, e.g. execution_providers=("CPUExecutionProvider",)."""
-    chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0, "grace_period_s": 5.0,
+    chosen = Settings(**{"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "metrics_port": 0, "grace_period_s": 5.0,
                          "drain_delay_s": 0.0,
                          **settings})
     ours = logging.getLogger("onnx_serve")

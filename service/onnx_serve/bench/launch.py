@@ -23,7 +23,7 @@ import grpc
 
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 
-_LISTEN = re.compile(r"(grpc|metrics) listening on [^\s]+:(\d+)")
+_LISTEN = re.compile(r"(grpc|http|metrics) listening on [^\s]+:(\d+)")
 _READY = "server ready|server started"
 # What a server that is still starting, or still loading the model, answers; anything else is final.
 _NOT_YET = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -42,6 +42,7 @@ class ServerProcess:
     grpc_port: int = 0
     metrics_port: int = 0
     lines: list[str] = field(default_factory=list)
+    http_port: int = 0  # 0 until onnx-serve logs it (never with --workers, nor for other servers)
     started: float = field(default_factory=time.monotonic)  # time.monotonic() at launch
 
     @property
@@ -51,6 +52,10 @@ class ServerProcess:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -110,20 +115,18 @@ def _collect(server: ServerProcess, sink: IO[str] | None) -> None:
                 sink.write(line)
                 sink.flush()
             match = _LISTEN.search(line)
-            if match and match.group(1) == "grpc":
-                server.grpc_port = int(match.group(2))
-            elif match:
-                server.metrics_port = int(match.group(2))
+            if match:
+                setattr(server, f"{match.group(1)}_port", int(match.group(2)))
     finally:
         if sink is not None:
             sink.close()
 
 
 def serve_command(repository: Path, *args: str) -> list[str]:
-    """`onnx-serve serve` on 127.0.0.1, gRPC and metrics on ports the kernel picks; ``args`` come last, so they
-    override these."""
+    """`onnx-serve serve` on 127.0.0.1, gRPC, HTTP and metrics on ports the kernel picks; ``args`` come last, so
+    they override these."""
     return [sys.executable, "-m", "onnx_serve", "serve", "--model-repository", str(repository),
-            "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+            "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
             "--drain-delay", "0", *args]
 
 

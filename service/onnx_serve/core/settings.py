@@ -127,6 +127,14 @@ class Settings:
     model_repository: Path = field(default=Path("models"), metadata=setting_doc("model repository directory"))
     host: str = field(default="0.0.0.0", metadata=setting_doc("address the gRPC server binds to"))
     grpc_port: int = field(default=8001, metadata=setting_doc("gRPC port; 0 picks a free port (logged)"))
+    http_port: int = field(default=8000, metadata=setting_doc(
+        "HTTP/REST port (KServe V2 REST with Triton's extensions, Classify); 0 picks a free port (logged), -1 "
+        "disables it"))
+    http_host: str | None = field(default=None, metadata=setting_doc(
+        "address the HTTP server binds to", shown_default="--host"))
+    http_read_timeout_s: float = field(default=30.0, metadata=setting_doc(
+        "time an HTTP client gets to send a request's headers, and between two parts of its body (408 after)",
+        flag="http-read-timeout", unit="seconds"))
     metrics_port: int = field(default=8002, metadata=setting_doc(
         "Prometheus /metrics port; 0 picks a free port (logged), -1 disables it"))
     metrics_host: str | None = field(default=None, metadata=setting_doc(
@@ -184,6 +192,10 @@ class Settings:
     @property
     def metrics_bind_host(self) -> str:
         return self.metrics_host or self.host
+
+    @property
+    def http_bind_host(self) -> str:
+        return self.http_host or self.host
 
 
 @dataclass(frozen=True, slots=True)
