@@ -14,10 +14,15 @@ a=$(cd "$a" && pwd) b=$(cd "$b" && pwd)
 peers=$b/../shared/peers
 mkdir -p "$out"
 client=$b/.venv/bin
+extra_flags() {  # tree module -> the flags only its version has: no HTTP port (Triton's 8000) and no drain delay
+    if "$1/.venv/bin/python" -m "$2" serve --help 2>/dev/null | grep -q -- "--http-port"; then
+        echo "--http-port -1 --drain-delay 0"
+    fi
+}
 start() {  # tree label -> sets pid, port
     local tree=$1 log=$out/$2.log
     (cd "$tree" && exec "$tree/.venv/bin/python" -m "$3" serve --model-repository "$b/models" --host 127.0.0.1 --grpc-port 0 \
-        --metrics-port 0 --grace-period 5) >"$log" 2>&1 &
+        --metrics-port 0 --grace-period 5 $(extra_flags "$tree" "$3")) >"$log" 2>&1 &
     pid=$!
     for _ in $(seq 200); do
         grep -q "server ready" "$log" && break

@@ -75,12 +75,12 @@ python -c 'import importlib.util as u; assert u.find_spec("service") is None, "a
 step "onnx-serve serve (bundled models, free ports)"
 # The image points the server at its models with this variable (Dockerfile ENV).
 ONNX_SERVE_MODEL_REPOSITORY="$src/models" \
-    onnx-serve serve --host 127.0.0.1 --grpc-port 0 --metrics-port 0 --grace-period 5 \
+    onnx-serve serve --host 127.0.0.1 --grpc-port 0 --http-port 0 --metrics-port 0 --drain-delay 0 --grace-period 5 \
     >"$work/server.log" 2>&1 &
 server_pid=$!
 
 if ! python - "$work/server.log" "$server_pid" <<'PY'; then
-"""Wait for the server's ports, then check health over gRPC and scrape the metrics."""
+"""Wait for the server's ports, then check health over gRPC and HTTP, and scrape the metrics."""
 import os
 import re
 import sys
@@ -138,6 +138,11 @@ for metric in ("onnx_serve_build_info", "onnx_serve_model_ready"):
     if metric not in metrics:
         sys.exit(f"/metrics at {metrics_address} lacks {metric}")
 print(f"metrics: {len(metrics.splitlines())} lines at {metrics_address}")
+http_address = wait_for_address("http")
+with urllib.request.urlopen(f"http://{http_address}/v2/health/ready", timeout=5) as response:
+    if response.status != 200:
+        sys.exit(f"HTTP /v2/health/ready at {http_address} answered {response.status}")
+print(f"HTTP /v2/health/ready: 200 at {http_address}")
 PY
     echo "---- server log" >&2
     cat "$work/server.log" >&2

@@ -31,8 +31,9 @@ from onnx_serve.core.dataplane import DataPlane
 from onnx_serve.core.metrics import Metrics, start_exporter
 from onnx_serve.core.repository import Repository
 from onnx_serve.core.settings import SettingError, Settings
-from onnx_serve.edges.grpc.server import GrpcEdge, PortUnavailable
+from onnx_serve.edges.grpc.server import GrpcEdge
 from onnx_serve.edges.http import HttpEdge
+from onnx_serve.edges.shared import PortUnavailable
 
 log = logging.getLogger("onnx_serve.server")
 
@@ -75,7 +76,7 @@ def _exit_after(seconds: float) -> None:
 
 
 def _exit_now() -> None:
-    log.warning("second stop signal: exiting without finishing the drain")
+    log.warning("second SIGINT: exiting without finishing the drain")
     _flush_logs()
     os._exit(1)
 
@@ -146,6 +147,24 @@ class Server:
                 raise PortUnavailable(f"cannot serve metrics on {settings.metrics_bind_host}:{settings.metrics_port}:"
                                       f" {exc.strerror or exc}") from None
             log.info("metrics listening on %s:%d", settings.metrics_bind_host, self.metrics_port)
+        self.repository.listeners.append(self._grpc.publish_health)
+        if self._reuse_port:
+            # A worker: the supervisor holds its ports, so they are free. It listens once its models serve, so
+            # that a (re)started worker takes no connection only to answer UNAVAILABLE while it loads.
+            await self._load()
+            await self._start_edges()
+        else:
+            await self._start_edges()  # a busy port is one line at once, not after minutes of loading
+            await self._load()
+        who = "server" if self.worker is None else f"worker {self.worker}"
+        if not self.repository.models:
+            log.warning("%s ready, but no models found in %s", who, settings.model_repository)
+        else:
+            log.info("%s %s", who, "ready" if self.data_plane.ready() else "started, but not every model is ready")
+
+    async def _start_edges(self) -> None:
+        assert self._grpc is not None
+        settings = self.settings
         try:
             self.grpc_port = await self._grpc.start()
         except BaseException:
@@ -164,15 +183,12 @@ class Server:
             if self.worker is None:
                 log.info("http listening on %s:%d%s", settings.http_bind_host, self.http_port,
                          " (TLS)" if self._http.ssl else "")
-        self.repository.listeners.append(self._grpc.publish_health)
+
+    async def _load(self) -> None:
+        assert self._grpc is not None
         await self.repository.load_all()
         self.data_plane.started = True
         await self._grpc.publish_health()
-        who = "server" if self.worker is None else f"worker {self.worker}"
-        if not self.repository.models:
-            log.warning("%s ready, but no models found in %s", who, settings.model_repository)
-        else:
-            log.info("%s %s", who, "ready" if self.data_plane.ready() else "started, but not every model is ready")
 
     async def reload(self) -> None:
         """Reloads every model of the repository (SIGHUP): new versions load beside the serving ones."""
@@ -233,19 +249,21 @@ class Server:
         except (SettingError, PortUnavailable) as exc:
             log.error("%s", exc)
             return 2
-        if on_ready is not None:
-            on_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
+        if on_ready is not None:  # after the handlers: a signal sent on hearing "ready" is not lost
+            on_ready()
         try:
             await stop.wait()
             limit = max(0.0, self.settings.drain_delay_s) + max(0.0, self.settings.grace_period_s) + HARD_EXIT_MARGIN_S
             _exit_after(limit)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, _exit_now)
+            # A second Ctrl-C means "now". A second SIGTERM is ignored: a process manager may send one to the
+            # whole process group as well as the supervisor's own, which must not cut a worker's drain short.
+            loop.add_signal_handler(signal.SIGINT, _exit_now)
+            loop.add_signal_handler(signal.SIGTERM, lambda: log.info("draining already"))
             await self.stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

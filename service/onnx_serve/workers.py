@@ -29,6 +29,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from onnx_serve.core.settings import Settings
+from onnx_serve.edges.shared import PortUnavailable, bind_socket
 
 log = logging.getLogger("onnx_serve.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -45,17 +46,6 @@ def run_server(settings: Settings) -> int:
 
         return asyncio.run(Server(settings=settings).serve())
     return _supervise(settings)
-
-
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """Binds (without listening) with SO_REUSEPORT: holds the port, so port 0 resolves to one port that every
-    worker (and every restarted one) then binds too. Only listening sockets receive connections, so this one
-    never takes any."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
 
 
 def _worker_main(settings: Settings, index: int, ready: Connection, log_level: str, log_format: str) -> None:
@@ -289,13 +279,24 @@ class Supervisor:
 def _supervise(settings: Settings) -> int:
     from onnx_serve.core.metrics import start_exporter
 
-    # Both ports are taken before any worker starts, so a port in use is one line and exit 2, as with one process.
+    # Every port is taken before any worker starts, so a port in use is one line and exit 2, as with one process.
+    # Bound without listening, with SO_REUSEPORT: they hold the ports, so a port 0 resolves to one port that every
+    # worker (and every restarted one) then binds too; only listening sockets receive connections.
     try:
-        reserved = _reserve_port(settings.host, settings.grpc_port)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.host, settings.grpc_port, exc.strerror or exc)
+        reserved = bind_socket(settings.host, settings.grpc_port, True, "gRPC")
+    except PortUnavailable as exc:
+        log.error("%s", exc)
         return 2
     port = reserved.getsockname()[1]
+    http_reserved = None
+    if settings.http_port >= 0:
+        try:
+            http_reserved = bind_socket(settings.http_bind_host, settings.http_port, True, "HTTP")
+        except PortUnavailable as exc:
+            log.error("%s", exc)
+            reserved.close()
+            return 2
+        settings = dataclasses.replace(settings, http_port=http_reserved.getsockname()[1])
     own_dir = None
     if not os.environ.get(MULTIPROC_ENV):
         own_dir = tempfile.mkdtemp(prefix="onnx-serve-metrics-")
@@ -312,19 +313,25 @@ def _supervise(settings: Settings) -> int:
         except OSError as exc:
             log.error("cannot serve metrics on %s:%d: %s", settings.metrics_bind_host, settings.metrics_port,
                       exc.strerror or exc)
-            reserved.close()
+            for sock in (reserved, http_reserved):
+                if sock is not None:
+                    sock.close()
             if own_dir is not None:
                 shutil.rmtree(own_dir, ignore_errors=True)
             return 2
         log.info("metrics listening on %s:%d", settings.metrics_bind_host, metrics_port)
     log.info("grpc listening on %s:%d (%d workers)", settings.host, port, settings.workers)
+    if http_reserved is not None:
+        log.info("http listening on %s:%d (%d workers)", settings.http_bind_host, settings.http_port, settings.workers)
     try:
         exit_code = supervisor.run()
     finally:
         if exporter is not None:
             exporter.shutdown()
             exporter.server_close()
-        reserved.close()
+        for sock in (reserved, http_reserved):
+            if sock is not None:
+                sock.close()
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)
     log.info("stopped")

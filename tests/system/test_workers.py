@@ -10,6 +10,7 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -199,7 +200,7 @@ def test_ctrl_c_drains_each_worker_once_and_exits_0(repository: Path) -> None:
         if server.process.poll() is None:
             server.stop(signal.SIGKILL)
     assert count_lines(server, r"onnx_serve.server: stopped") == 2
-    assert "second stop signal" not in server.log() and "Traceback" not in server.log()
+    assert "second SIGINT" not in server.log() and "Traceback" not in server.log()
 
 
 def test_a_worker_that_cannot_start_stops_the_server_with_exit_2(repository: Path) -> None:
@@ -223,3 +224,12 @@ def test_a_worker_that_cannot_start_stops_the_server_with_exit_2(repository: Pat
     assert count_lines(server, r"onnx_serve.server: stopped") == 1  # worker 0 drained
     assert "Traceback" not in log
     assert not Path(f"/proc/{first[0]}").exists()
+
+
+def test_workers_share_one_http_port_too(repository: Path) -> None:
+    with running_server(repository, *WORKERS, "--http-port", "0") as server:
+        assert server.http_port, server.log()
+        for _ in range(20):  # a new connection each time: SO_REUSEPORT spreads them over both workers
+            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=5) as response:
+                assert response.status == 200
+        assert len(re.findall(r"http listening on", server.log())) == 1  # the supervisor's, for the shared port

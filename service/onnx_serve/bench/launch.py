@@ -42,7 +42,7 @@ class ServerProcess:
     grpc_port: int = 0
     metrics_port: int = 0
     lines: list[str] = field(default_factory=list)
-    http_port: int = 0  # 0 until onnx-serve logs it (never with --workers, nor for other servers)
+    http_port: int = 0  # 0 until onnx-serve logs it (never for other servers)
     started: float = field(default_factory=time.monotonic)  # time.monotonic() at launch
 
     @property

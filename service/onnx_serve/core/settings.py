@@ -125,7 +125,8 @@ class Settings:
     from here, so a new setting is one new field."""
 
     model_repository: Path = field(default=Path("models"), metadata=setting_doc("model repository directory"))
-    host: str = field(default="0.0.0.0", metadata=setting_doc("address the gRPC server binds to"))
+    host: str = field(default="0.0.0.0", metadata=setting_doc(
+        "address the gRPC server (and, unless --http-host, the HTTP server) binds to"))
     grpc_port: int = field(default=8001, metadata=setting_doc("gRPC port; 0 picks a free port (logged)"))
     http_port: int = field(default=8000, metadata=setting_doc(
         "HTTP/REST port (KServe V2 REST with Triton's extensions, Classify); 0 picks a free port (logged), -1 "

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from onnx_serve.core.settings import SettingError
+from onnx_serve.edges.shared import read_tokens
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check"})  # exact names: a new Health method needs the token
 OPEN_PREFIXES = ("/grpc.reflection.",)
@@ -21,21 +22,6 @@ OPEN_PREFIXES = ("/grpc.reflection.",)
 
 def open_without_token(method: str) -> bool:
     return method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
-
-
-def read_tokens(path: Path) -> list[bytes]:
-    """One token per line, stripped; blank lines and comment lines (first non-blank character #) are skipped.
-    Raises SettingError (one line naming the file) for a file that cannot be read or holds no token."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not UTF-8 text"
-        raise SettingError(f"--auth-token-file {path}: cannot read it: {reason}") from None
-    tokens = [line.strip() for line in text.splitlines()]
-    tokens = [token for token in tokens if token and not token.startswith("#")]
-    if not tokens:
-        raise SettingError(f"--auth-token-file {path}: holds no token (only blank or # comment lines)")
-    return [token.encode() for token in tokens]
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):

@@ -20,15 +20,12 @@ from onnx_serve.edges.grpc.classify import ClassifyServicer
 from onnx_serve.edges.grpc.health import NOT_SERVING, SERVING, HealthServicer
 from onnx_serve.edges.grpc.inference import InferenceServicer
 from onnx_serve.edges.grpc.transport import make_server
+from onnx_serve.edges.shared import PortUnavailable
 from onnx_serve.protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
 
 log = logging.getLogger("onnx_serve.edges.grpc")
 LIVENESS = "liveness"  # health service name that reports on the process alone
-
-
-class PortUnavailable(OSError):
-    """The gRPC address cannot be bound: in use, or not an address of this machine."""
 
 
 def check_security_settings(settings: Settings) -> None:

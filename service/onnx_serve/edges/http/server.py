@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 
 import uvicorn
 
 from onnx_serve.core.dataplane import DataPlane
 from onnx_serve.core.settings import SettingError, Settings
-from onnx_serve.edges.grpc.auth import read_tokens
-from onnx_serve.edges.grpc.server import PortUnavailable
 from onnx_serve.edges.http.app import HttpApp
 from onnx_serve.edges.http.protocol import protocol_class
+from onnx_serve.edges.shared import bind_socket, read_tokens
 
 log = logging.getLogger("onnx_serve.edges.http")
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this long (uvicorn's default)
@@ -46,25 +44,6 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
-    """A bound (not yet listening) TCP socket; PortUnavailable when the address is in use or not this machine's."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise PortUnavailable(f"cannot listen on {host}:{port} (HTTP): {exc.strerror or exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise PortUnavailable(f"cannot listen on {host}:{port} (HTTP): {exc.strerror or exc}") from None
-    return sock
-
-
 class HttpEdge:
     def __init__(self, plane: DataPlane, settings: Settings, reuse_port: bool = False) -> None:
         self.plane = plane
@@ -79,7 +58,7 @@ class HttpEdge:
     async def start(self) -> int:
         """Binds and starts serving; returns the bound port (resolved when the setting is 0)."""
         settings = self.settings
-        sock = bind_socket(settings.http_bind_host, settings.http_port, self.reuse_port)
+        sock = bind_socket(settings.http_bind_host, settings.http_port, self.reuse_port, "HTTP")
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, http=protocol_class(settings.http_read_timeout_s), ws="none", lifespan="off", loop="none",
