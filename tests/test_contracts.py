@@ -31,6 +31,8 @@ FAKE_TREE = {
     "onnx_serve/core/runtime.py": (
         "import onnxruntime\nfrom onnx_serve.core import errors\nfrom onnx_serve import types\n"
     ),
+    # The one protos module core may read (config.pbtxt's schema), by the contract's ignore_imports.
+    "onnx_serve/core/triton_config.py": "from onnx_serve.protos.inference import model_config_pb2\n",
     "onnx_serve/imaging/__init__.py": "from onnx_serve.core import errors\nimport PIL\n",
     "onnx_serve/edges/__init__.py": "",
     "onnx_serve/edges/grpc/__init__.py": "",
@@ -40,6 +42,8 @@ FAKE_TREE = {
     ),
     "onnx_serve/protos/__init__.py": "",
     "onnx_serve/protos/service_pb2.py": "import google.protobuf\n",
+    "onnx_serve/protos/inference/__init__.py": "",
+    "onnx_serve/protos/inference/model_config_pb2.py": "import google.protobuf\n",
     "onnx_serve/client/__init__.py": "from onnx_serve.client.client import Client\n",
     "onnx_serve/client/client.py": (
         "import grpc\nfrom onnx_serve.protos import service_pb2\nfrom onnx_serve import types\n"

@@ -128,7 +128,8 @@ async def test_bad_inputs_fail_and_count_once(plane: DataPlane, inputs: dict[str
     ({"timeout": -5}, [], "parameters.timeout"),
     ({"timeout": True}, [], "parameters.timeout"),
     ({}, [RequestedOutput("other")], "requested output 'other'"),
-    ({}, [RequestedOutput("sum", {"classification": 3})], "parameter 'classification' is not supported"),
+    ({}, [RequestedOutput("sum", {"classification": -3})], "parameter 'classification' must be a whole number"),
+    ({}, [RequestedOutput("sum", {"shared_memory_region": "r"})], "parameter 'shared_memory_region' is not supported"),
     ({}, [RequestedOutput("sum"), RequestedOutput("sum")], "requested output 'sum': asked for twice"),
     ({}, [RequestedOutput("sum")] * 10_000, "requested output 'sum': asked for twice"),  # no amplified answer
 ])

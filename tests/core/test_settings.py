@@ -14,7 +14,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 # The flags as deployments and scripts spell them today: renaming one breaks them.
 FLAGS = {
-    "model_repository": "--model-repository", "host": "--host", "grpc_port": "--grpc-port",
+    "model_repository": "--model-repository", "model_name": "--model-name", "host": "--host",
+    "grpc_port": "--grpc-port",
     "http_port": "--http-port", "http_host": "--http-host", "http_read_timeout_s": "--http-read-timeout",
     "metrics_port": "--metrics-port", "metrics_host": "--metrics-host", "log_level": "--log-level",
     "log_format": "--log-format", "access_log": "--access-log", "grace_period_s": "--grace-period",

@@ -45,4 +45,5 @@ def test_a_failed_warm_up_is_the_reason_the_model_is_unavailable(tmp_path: Path,
     model = asyncio.run(repo.load("add"))
     assert model.state is State.UNAVAILABLE
     expected = message.splitlines()[0] if message else "RuntimeError"
-    assert model.reason.endswith(f"warm-up inference failed: {expected}"), model.reason
+    assert f"warm-up inference failed: {expected}; the default warm-up sends zeros" in model.reason, model.reason
+    assert "model_warmup" in model.reason  # the reason names the config key that fixes it

@@ -21,6 +21,7 @@ from onnx_serve import __version__
 from onnx_serve.core.accounting import CallRecord
 from onnx_serve.core.admission import Admission
 from onnx_serve.core.batching import BatchTiming, JobResult
+from onnx_serve.core.classification import class_count, classified
 from onnx_serve.core.codec import TensorSpec, check_arrays
 from onnx_serve.core.errors import InvalidArgument, NotFound, ServeError
 from onnx_serve.core.metrics import Metrics
@@ -33,13 +34,12 @@ from onnx_serve.imaging import DecodingBudget, Prediction, decode_and_preprocess
 
 SERVER_NAME = "onnx-serve"
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("model_repository", "model_repository(unload_dependents)", "statistics", "model_configuration",
-              "schedule_policy", "binary_tensor_data")
+EXTENSIONS = ("classification", "model_repository", "model_repository(unload_dependents)", "statistics",
+              "model_configuration", "schedule_policy", "binary_tensor_data")
 INFER_PARAMETERS = frozenset({"timeout", "priority", "sequence_id", "sequence_start", "sequence_end",
                               "binary_data_output"})
 # Answering the plain tensor when one of these is asked for would silently mislead the client.
-UNSUPPORTED_OUTPUT_PARAMETERS = frozenset({"classification", "shared_memory_region", "shared_memory_byte_size",
-                                           "shared_memory_offset"})
+UNSUPPORTED_OUTPUT_PARAMETERS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 
 ParameterValue = bool | int | float | str
 T = TypeVar("T")
@@ -247,6 +247,9 @@ class DataPlane:
             if parameters:
                 deadline_ns = _parameter_deadline(parameters, deadline_ns)
             wanted = requested_output_indexes(outputs, signature)
+            # Triton's classification extension (core/classification.py): checked before the model runs.
+            classes = [class_count(o.name, o.parameters, signature.outputs[i])
+                       for o, i in zip(outputs, wanted, strict=True)] if outputs else ()
             if callable(inputs):
                 arrays = inputs(signature)
             else:
@@ -255,8 +258,12 @@ class DataPlane:
             output_started = time.perf_counter_ns()
             call.batch_stages(result, output_started)
             specs = signature.outputs
-            answer = InferResult(version.name, str(version.version), call.given_id,
-                                 [(specs[i], result.outputs[i]) for i in wanted])
+            answered = [(specs[i], result.outputs[i]) for i in wanted]
+            if any(classes):
+                batched, labels = version.max_batch_size > 0, signature.output_labels
+                answered = [classified(spec, array, n, batched, labels.get(spec.name) or version.labels) if n
+                            else (spec, array) for (spec, array), n in zip(answered, classes, strict=True)]
+            answer = InferResult(version.name, str(version.version), call.given_id, answered)
             output_ns = time.perf_counter_ns() - output_started
         except BaseException:
             version.stats.request_failed(call.elapsed_ns)
@@ -369,6 +376,6 @@ def requested_output_indexes(outputs: Sequence[RequestedOutput], signature: Sign
         for key in output.parameters:
             if key in UNSUPPORTED_OUTPUT_PARAMETERS:
                 raise InvalidArgument(f"requested output '{output.name}': parameter '{key}' is not supported "
-                                      "(the classification and shared-memory extensions are not served)")
+                                      "(the shared-memory extensions are not served)")
         wanted.append(index[output.name])
     return wanted

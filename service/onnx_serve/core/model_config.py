@@ -1,4 +1,5 @@
-"""The model configuration schema (models/<name>/config.yaml).
+"""The model configuration schema (models/<name>/config.yaml), and the dataclasses that Triton's config.pbtxt
+maps onto too (core/triton_config.py).
 
 Model configs are parsed strictly: an unknown key or a wrong type is a ConfigError naming the file and the
 key path, raised at load so that a bad config marks only that model UNAVAILABLE.
@@ -26,6 +27,18 @@ from onnx_serve.imaging import (
 GRAPH_OPTIMIZATION_LEVELS = ("disabled", "basic", "extended", "all")
 DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_MAX_QUEUE_SIZE = 1024
+MODEL_FILENAME = "model.onnx"
+WARMUP_SOURCES = ("zero_data", "random_data", "input_data_file")
+# Triton's data_type names <-> V2 datatype names (TYPE_STRING is BYTES).
+TRITON_TYPES = {"TYPE_BOOL": "BOOL", "TYPE_UINT8": "UINT8", "TYPE_UINT16": "UINT16", "TYPE_UINT32": "UINT32",
+                "TYPE_UINT64": "UINT64", "TYPE_INT8": "INT8", "TYPE_INT16": "INT16", "TYPE_INT32": "INT32",
+                "TYPE_INT64": "INT64", "TYPE_FP16": "FP16", "TYPE_FP32": "FP32", "TYPE_FP64": "FP64",
+                "TYPE_STRING": "BYTES"}
+
+
+def triton_type(datatype: str) -> str:
+    """Triton's data_type name of a V2 datatype name."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,45 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TensorConfig:
+    """A model input or output as the config declares it (Triton's ModelInput / ModelOutput), or as the load
+    completes it from the graph."""
+
+    name: str
+    datatype: str  # the V2 name: FP32, BYTES, ...
+    dims: tuple[int, ...]  # without the batch axis when max_batch_size > 0; -1 = any size
+    reshape: tuple[int, ...] | None = None  # the shape the graph takes or gives (no batch axis); None = dims
+    format: str = "FORMAT_NONE"  # inputs: FORMAT_NONE | FORMAT_NHWC | FORMAT_NCHW
+    label_filename: str = ""  # outputs: class labels, one a line, in the model directory
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupInput:
+    datatype: str  # the V2 name
+    dims: tuple[int, ...]  # without the batch axis
+    source: str  # one of WARMUP_SOURCES
+    input_data_file: str = ""  # in the model directory's warmup/ folder: raw row-major values (BYTES: V2 raw)
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupSample:
+    """One of Triton's model_warmup requests: batch_size 0 is skipped, count 0 runs it once (as Triton)."""
+
+    name: str
+    batch_size: int
+    inputs: tuple[tuple[str, WarmupInput], ...]
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    name: str = ""
+    kind: str = "KIND_AUTO"  # KIND_AUTO (the server's providers) | KIND_CPU | KIND_GPU
+    count: int = 1  # with KIND_GPU: instances on each of `gpus`
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     max_batch_size: int | None = None  # None = decided from the graph (batch axis -> 64, else 0)
     # On (with no added delay) unless the config says `dynamic_batching: false`; it only applies to models
@@ -75,10 +127,20 @@ class ModelConfig:
     preprocess: PreprocessConfig | None = None
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     limits: ImageLimits = field(default_factory=ImageLimits)
+    # Triton's keys. `triton` marks a config read from config.pbtxt: Triton's defaults and auto-complete
+    # apply at load (core/autocomplete.py).
+    triton: bool = False
+    inputs: tuple[TensorConfig, ...] = ()  # () = all of the graph's, completed at load
+    outputs: tuple[TensorConfig, ...] = ()
+    model_warmup: tuple[WarmupSample, ...] | None = None  # None = the default warm-up (zeros, "0" for BYTES)
+    instance_groups: tuple[InstanceGroup, ...] = ()  # config.pbtxt's; instance_count is their total
+    model_filename: str = MODEL_FILENAME
+    parameters: tuple[tuple[str, str], ...] = ()  # config.pbtxt's parameters, answered back as given
 
 
-def load_model_config(path: Path) -> ModelConfig:
-    """Reads models/<name>/config.yaml; a missing file means every setting comes from the graph."""
+def load_model_config(path: Path, model_name: str | None = None) -> ModelConfig:
+    """Reads models/<name>/config.yaml (`model_name`: the directory's, unless given); a missing file means every
+    setting comes from the graph."""
     if not path.exists():
         return ModelConfig()
     where = str(path)
@@ -86,11 +148,12 @@ def load_model_config(path: Path) -> ModelConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
-    return parse_model_config(raw, where, model_name=path.parent.name)
+    return parse_model_config(raw, where, model_name=model_name or path.parent.name)
 
 
 TOP_LEVEL_KEYS = ("name", "max_batch_size", "dynamic_batching", "oversized_request", "instance_group",
-                  "version_policy", "execution_providers", "session", "labels", "preprocess", "postprocess", "limits")
+                  "version_policy", "execution_providers", "session", "labels", "preprocess", "postprocess", "limits",
+                  "model_warmup")
 
 
 def parse_model_config(raw: object, where: str, model_name: str) -> ModelConfig:
@@ -123,7 +186,39 @@ def parse_model_config(raw: object, where: str, model_name: str) -> ModelConfig:
         preprocess=parse_preprocess(top.raw["preprocess"], where) if top.has("preprocess") else None,
         postprocess=parse_postprocess(top.raw.get("postprocess"), where),
         limits=parse_limits(top.raw.get("limits"), where),
+        model_warmup=_parse_warmup(top) if "model_warmup" in top.raw else None,
     )
+
+
+def _parse_warmup(top: Section) -> tuple[WarmupSample, ...]:
+    """model_warmup: a list of Triton's samples, with Triton's keys and data_type names."""
+    listed = top.raw["model_warmup"]
+    if not isinstance(listed, list):
+        raise top.error("model_warmup", "a list of warm-up samples")
+    samples = []
+    for i, raw in enumerate(listed):
+        sample = Section(raw, top.where, f"model_warmup[{i}]", ("name", "batch_size", "inputs", "count"))
+        inputs = sample.raw.get("inputs")
+        if not isinstance(inputs, dict) or not inputs:
+            raise sample.error("inputs", "a mapping of input names to {data_type, dims, zero_data | random_data | "
+                                         "input_data_file}")
+        parsed = []
+        for name, spec in inputs.items():
+            given = Section(spec, top.where, f"{sample.name}.inputs.{name}", ("data_type", "dims", *WARMUP_SOURCES))
+            sources = [key for key in WARMUP_SOURCES if key in given.raw]
+            if len(sources) != 1:
+                raise ConfigError(f"{top.where}: {given.name}: set exactly one of {', '.join(WARMUP_SOURCES)}")
+            source = sources[0]
+            data_file = given.string(source) if source == "input_data_file" else ""
+            if source != "input_data_file" and given.raw[source] is not True:
+                raise given.error(source, "true")
+            if source == "input_data_file" and not data_file:
+                raise given.error(source, "a file name in the model's warmup/ directory")
+            parsed.append((str(name), WarmupInput(TRITON_TYPES[given.choice("data_type", "", tuple(TRITON_TYPES))],
+                                                  given.integers("dims", 1), source, data_file or "")))
+        samples.append(WarmupSample(sample.string("name") or f"sample {i}", sample.integer("batch_size", 1, 0),
+                                    tuple(parsed), sample.integer("count", 0, 0)))
+    return tuple(samples)
 
 
 def _parse_batching(section: Section) -> DynamicBatching:

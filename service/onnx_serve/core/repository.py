@@ -1,4 +1,5 @@
-"""The model repository: models/<name>/<version>/model.onnx with an optional models/<name>/config.yaml.
+"""The model repository: models/<name>/<version>/model.onnx with an optional models/<name>/config.yaml (ours)
+or config.pbtxt (Triton's, read as it is: core/triton_config.py).
 
 Each model version is loaded on its own (sessions created and warmed up in a worker thread) and is READY
 or UNAVAILABLE with a reason; a broken model never affects the others. A reload loads the new versions
@@ -9,26 +10,23 @@ fails to load replaces nothing that serves (Repository.load).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+from onnx_serve.core.autocomplete import complete
 from onnx_serve.core.batching import Batcher, BatchPolicy
 from onnx_serve.core.errors import ConfigError, InvalidArgument, NotFound, ServeError, Unavailable
 from onnx_serve.core.metrics import Metrics, bounded
-from onnx_serve.core.model_config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE_SIZE, ModelConfig, load_model_config
-from onnx_serve.core.runtime import (
-    RunnerPool,
-    SessionPlan,
-    create_session,
-    first_line,
-    signature_of,
-    warmup_feeds,
-)
+from onnx_serve.core.model_config import DEFAULT_MAX_QUEUE_SIZE, ModelConfig
+from onnx_serve.core.runtime import RunnerPool, SessionPlan, create_session, instance_devices, signature_of
 from onnx_serve.core.settings import Settings, default_intra_op_threads
+from onnx_serve.core.triton_config import read_model_config
 from onnx_serve.core.version import Model, ModelVersion, State, VersionObserver
+from onnx_serve.core.warmup import warm_up, warmup_requests
 from onnx_serve.imaging import load_labels
 
 log = logging.getLogger(__name__)
@@ -52,6 +50,8 @@ class Repository:
     def scan(self) -> list[str]:
         if not self.root.is_dir():
             raise ConfigError(f"model repository {self.root} is not a directory")
+        if (single := self._single_model()) is not None:
+            return [single]
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     async def load_all(self) -> None:
@@ -86,7 +86,7 @@ class Repository:
         versions serve on: then the attempt itself (not installed; UNAVAILABLE, with the reason), so the
         caller (RepositoryModelLoad) reports the failure although the model still serves.
         """
-        directory = self.root / name
+        directory = self.root if name == self._single_model() else self.root / name
         if not self.on_disk(name):
             raise NotFound(f"model '{name}' is not in the model repository")
         async with self._lock(name):
@@ -97,7 +97,7 @@ class Repository:
                 self.models[name] = attempt  # LOADING in the index until it is installed
             serving = {} if previous is None else {v.version: v for v in previous.ready_versions()}
             try:
-                config = load_model_config(directory / "config.yaml")
+                config = read_model_config(directory, name)
                 numbers = sorted(int(p.name) for p in directory.iterdir()
                                  if p.is_dir() and VERSION_NUMBER.fullmatch(p.name))
                 if not numbers:
@@ -180,7 +180,7 @@ class Repository:
                             mark_loading: bool = True) -> ModelVersion:
         """Loads one version; load() sets its ready gauge once it is installed. `mark_loading` sets the gauge
         to 0 meanwhile, which load() does only for a number nothing serves under (the series is shared)."""
-        path = directory / str(number) / MODEL_FILENAME
+        path = directory / str(number) / config.model_filename  # config.pbtxt's default_model_filename
         version = ModelVersion(name, number, path, config, self.metrics.for_version(name, str(number)))
         if mark_loading:
             version.metrics.set_ready(False)
@@ -204,33 +204,36 @@ class Repository:
         return version
 
     def _create_runtime(self, version: ModelVersion) -> None:
-        """Blocking: creates and warms up the sessions, so it runs in a worker thread."""
+        """Blocking: creates and warms up the sessions, so it runs in a worker thread. The config, completed
+        from the graph (core/autocomplete.py), replaces version.config: ModelConfig answers what serves."""
         config, settings = version.config, self.settings
+        providers = config.execution_providers or settings.execution_providers
+        devices, groups = instance_devices(config, providers)
         plan = SessionPlan(
-            providers=config.execution_providers or settings.execution_providers,
+            providers=providers,
             strict_providers=settings.strict_providers,
             options=config.session,
             intra_op_threads=config.session.intra_op_threads or settings.intra_op_threads
-            or default_intra_op_threads(settings.workers, config.instance_count),
+            or default_intra_op_threads(settings.workers, len(devices)),
         )
         sessions = []
-        for _ in range(config.instance_count):
-            session, providers = create_session(version.path, plan)
+        for device in devices:
+            session, got = create_session(version.path, dataclasses.replace(plan, device_id=device))
             sessions.append(session)
-        version.providers = tuple(providers)
-        version.signature = signature_of(sessions[0])
-        version.max_batch_size = _max_batch_size(version)
+        version.providers = tuple(got)
+        model_dir, where = version.path.parent.parent, str(version.path)
+        served = complete(config, signature_of(sessions[0]), model_dir, where)
+        version.config = dataclasses.replace(served.config, instance_count=len(devices), instance_groups=groups)
+        version.signature = served.signature
+        version.max_batch_size = version.config.max_batch_size or 0
         if config.labels:
-            version.labels = load_labels(version.path.parent.parent / config.labels)
+            version.labels = load_labels(model_dir / config.labels)
         if config.preprocess is not None:
             _check_preprocess_fits(version)
-        feeds = warmup_feeds(version.signature)
+        requests = warmup_requests(version.config, version.signature, model_dir, where)
         for session in sessions:
-            try:
-                session.run(None, feeds)
-            except Exception as exc:
-                raise ConfigError(f"{version.path}: warm-up inference failed: {first_line(exc)}") from None
-        version.runners = RunnerPool(sessions, f"{version.name}-{version.version}")
+            warm_up(session, requests, served.plan, where)
+        version.runners = RunnerPool(sessions, f"{version.name}-{version.version}", served.plan)
 
     def get(self, name: str, version: str = "") -> ModelVersion:
         """The version to serve: the one asked for, else the latest READY one."""
@@ -258,9 +261,18 @@ class Repository:
         if not name or "/" in name or name.startswith("."):
             return False
         try:
-            return (self.root / name).is_dir()
+            single = self._single_model()
+            return name == single if single is not None else (self.root / name).is_dir()
         except (OSError, ValueError):  # a name too long for the file system, or with a NUL byte
             return False
+
+    def _single_model(self) -> str | None:
+        """--model-name's model when the root is that one model's directory (<root>/1/model.onnx, the config beside
+        1/: how KServe's storage initializer lays out /mnt/models), else None: a directory per model."""
+        name = self.settings.model_name
+        if not name or not self.root.is_dir():
+            return None
+        return name if any(p.is_dir() and VERSION_NUMBER.fullmatch(p.name) for p in self.root.iterdir()) else None
 
     def index(self) -> Iterator[tuple[str, str, State, str]]:
         for name in self.scan() if self.root.is_dir() else []:
@@ -288,17 +300,6 @@ def _check_preprocess_fits(version: ModelVersion) -> None:
     if not spec.accepts_shape(shape) or spec.datatype != preprocess.dtype:
         raise ConfigError(f"{version.path}: preprocess gives {preprocess.dtype} {list(shape)}, which the model's "
                           f"input '{spec.name}' ({spec.datatype} {list(spec.shape)}) does not accept")
-
-
-def _max_batch_size(version: ModelVersion) -> int:
-    configured = version.config.max_batch_size
-    batchable = version.signature.has_batch_axis()
-    if configured is None:
-        return DEFAULT_MAX_BATCH_SIZE if batchable else 0
-    if configured > 0 and not batchable:
-        raise ConfigError(f"{version.path}: max_batch_size is {configured} but the model's inputs and outputs do "
-                          "not all have a dynamic first (batch) axis")
-    return configured
 
 
 def _policy(version: ModelVersion) -> BatchPolicy:

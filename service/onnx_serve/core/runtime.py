@@ -1,12 +1,13 @@
-"""ONNX Runtime sessions: execution providers (with visible fallback), options, warm-up, I/O signature,
-and the pool of instances that run batches in worker threads (ORT releases the GIL during run)."""
+"""ONNX Runtime sessions: execution providers (with visible fallback) and devices, options, I/O signature,
+the I/O plan between what clients send and what the graph takes, and the pool of instances that run batches
+in worker threads (ORT releases the GIL during run)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from onnx_serve.core.errors import ConfigError, InvalidArgument, ServeError
-from onnx_serve.core.model_config import SessionConfig
-from onnx_serve.types import BY_ONNX_TYPE, TensorSpec, example_feeds, has_batch_axis
+from onnx_serve.core.model_config import InstanceGroup, ModelConfig, SessionConfig
+from onnx_serve.types import BY_ONNX_TYPE, DATATYPES, TensorSpec, example_shape, has_batch_axis
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ _OPTIMIZATION = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+
+
+# The providers that run on a device chosen by a `device_id` option (instance_group.gpus).
+DEVICE_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+                              "MIGraphXExecutionProvider"})
+CPU_INSTANCE_COUNT = 2  # Triton's default count of a KIND_CPU instance group of the onnxruntime backend
 
 
 class ProviderUnavailable(ConfigError):
@@ -39,12 +46,17 @@ class SessionPlan:
     strict_providers: bool
     options: SessionConfig
     intra_op_threads: int
+    device_id: int | None = None  # the GPU of a device provider; None = the provider's default
 
 
 @dataclass(frozen=True, slots=True)
 class Signature:
+    """The inputs and outputs clients see and send (with a config.pbtxt: its dims, in its order)."""
+
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Class labels by output name (each output's label_filename), for the classification extension.
+    output_labels: Mapping[str, Sequence[str]] = field(default_factory=dict, compare=False, repr=False)
     # Lookups the request path needs, built once per model version instead of per request.
     input_by_name: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     output_index: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -89,8 +101,11 @@ def create_session(path: Path, plan: SessionPlan) -> tuple[ort.InferenceSession,
     usable = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
     if "CPUExecutionProvider" not in usable:
         usable.append("CPUExecutionProvider")
+    chosen: list[str | tuple[str, dict[str, str]]] = [
+        (p, {"device_id": str(plan.device_id)}) if plan.device_id is not None and p in DEVICE_PROVIDERS else p
+        for p in usable]
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=usable)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as exc:  # ORT raises its own exception types for corrupt graphs
         raise ConfigError(f"{path}: ONNX Runtime cannot load the model: {first_line(exc)}") from None
     got = session.get_providers()
@@ -117,16 +132,92 @@ def signature_of(session: ort.InferenceSession) -> Signature:
 
 
 def warmup_feeds(signature: Signature) -> dict[str, np.ndarray]:
-    """Zeros (empty strings), one sample: the first run allocates arenas and picks kernels."""
-    return example_feeds(signature.inputs)
+    """The default warm-up: one sample of zeros, "0" for BYTES (a string of digits, which a model that parses
+    its strings as numbers, like Triton's simple_string, takes). The first run allocates arenas and picks
+    kernels."""
+    feeds = {}
+    for spec in signature.inputs:
+        shape = example_shape(spec)
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(shape, "0", dtype=np.object_)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype].numpy)
+    return feeds
+
+
+def instance_devices(config: ModelConfig, providers: Sequence[str]) -> tuple[list[int | None],
+                                                                             tuple[InstanceGroup, ...]]:
+    """The device of each model instance to create (None: the providers' default) and config.pbtxt's instance
+    groups resolved as Triton resolves them: KIND_AUTO is KIND_GPU when a device provider of `providers` is
+    available, else KIND_CPU; count 0 is Triton's default (2 on the CPU, 1 per GPU); KIND_GPU without gpus
+    runs on GPU 0. A config.yaml model has no groups: instance_count instances on the default device."""
+    if not config.instance_groups:
+        return [None] * config.instance_count, ()
+    available = set(ort.get_available_providers())
+    on_gpu = any(p in DEVICE_PROVIDERS and p in available for p in providers)
+    devices: list[int | None] = []
+    resolved = []
+    for group in config.instance_groups:
+        kind = group.kind if group.kind != "KIND_AUTO" else ("KIND_GPU" if on_gpu else "KIND_CPU")
+        count = group.count or (CPU_INSTANCE_COUNT if kind == "KIND_CPU" else 1)
+        gpus = (group.gpus or (0,)) if kind == "KIND_GPU" else ()
+        devices += [gpu for gpu in gpus for _ in range(count)] if gpus else [None] * count
+        resolved.append(InstanceGroup(group.name, kind, count, gpus))
+    return devices, tuple(resolved)
+
+
+@dataclass(frozen=True, slots=True)
+class Reshape:
+    """Between a tensor's shape on one side (`source`, batch axis excluded) and the other (`target`); each -1
+    of `target` takes, in order, the size of the array at the -1s of `source` (config.pbtxt's dims and
+    reshape have their variable-size dimensions in matching runs, checked at load)."""
+
+    source: tuple[int, ...]
+    target: tuple[int, ...]
+
+    def apply(self, array: np.ndarray, batched: bool) -> np.ndarray:
+        tail = array.shape[1:] if batched else array.shape
+        sizes = iter([size for size, want in zip(tail, self.source, strict=False) if want < 0])
+        shape = tuple(next(sizes, 1) if want < 0 else want for want in self.target)
+        return array.reshape((array.shape[0], *shape) if batched else shape)
+
+
+@dataclass(frozen=True, slots=True)
+class IOPlan:
+    """What the runner does between the tensors clients see (config.pbtxt's dims) and the graph's: inputs
+    reshaped to what the graph takes, the outputs the config names (in its order), reshaped back."""
+
+    batched: bool  # the first axis is the batch axis (max_batch_size > 0), left as it is
+    inputs: Mapping[str, Reshape]
+    output_names: tuple[str, ...] | None  # None = every graph output, in graph order
+    outputs: tuple[Reshape | None, ...]  # by position in the answer
+
+    def run(self, session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        given = {name: reshape.apply(array, self.batched) if (reshape := self.inputs.get(name)) else array
+                 for name, array in feeds.items()}
+        results: list[np.ndarray] = session.run(self.output_names, given)
+        if not any(self.outputs):
+            return results
+        return [r if reshape is None else reshape.apply(r, self.batched)
+                for r, reshape in zip(results, self.outputs, strict=True)]
+
+
+def run_session(session: ort.InferenceSession, feeds: dict[str, np.ndarray], plan: IOPlan | None
+                ) -> list[np.ndarray]:
+    """One run as a client sees it: through `plan` when there is one."""
+    if plan is None:
+        result: list[np.ndarray] = session.run(None, feeds)
+        return result
+    return plan.run(session, feeds)
 
 
 class RunnerPool:
     """`count` model instances, each a session run by its own worker thread. The batcher takes an idle
     instance before it forms a batch, so batches form while the other instances are busy."""
 
-    def __init__(self, sessions: Sequence[ort.InferenceSession], name: str) -> None:
+    def __init__(self, sessions: Sequence[ort.InferenceSession], name: str, plan: IOPlan | None = None) -> None:
         self._sessions = list(sessions)
+        self._plan = plan
         self._executor = ThreadPoolExecutor(max_workers=len(self._sessions), thread_name_prefix=f"ort-{name}")
         self._idle: asyncio.Queue[ort.InferenceSession] | None = None
 
@@ -150,16 +241,17 @@ class RunnerPool:
     def start(self, session: ort.InferenceSession, feeds: dict[str, np.ndarray]
               ) -> asyncio.Future[tuple[list[np.ndarray], int]]:
         """Runs in a worker thread; the future gives every output (model order) and ORT's time in ns."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, _timed_run, session, feeds)
+        return asyncio.get_running_loop().run_in_executor(self._executor, _timed_run, session, feeds, self._plan)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=False)
 
 
-def _timed_run(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], int]:
+def _timed_run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], plan: IOPlan | None
+               ) -> tuple[list[np.ndarray], int]:
     start = time.perf_counter_ns()
     try:
-        result = session.run(None, feeds)
+        result = run_session(session, feeds, plan)
     except ort_errors.InvalidArgument as exc:
         raise InvalidArgument(f"the model rejected the input: {first_line(exc)}") from None
     except Exception as exc:  # a fault in the model or provider: reported, isolated to this model

@@ -125,6 +125,10 @@ class Settings:
     from here, so a new setting is one new field."""
 
     model_repository: Path = field(default=Path("models"), metadata=setting_doc("model repository directory"))
+    model_name: str = field(default="", metadata=setting_doc(
+        "name of the one model in a repository laid out as a single model's directory (<repository>/1/model.onnx, "
+        "its config beside 1/: how KServe's storage initializer fills /mnt/models); a repository of model "
+        "directories serves each under its directory's name, as without it", shown_default="none"))
     host: str = field(default="0.0.0.0", metadata=setting_doc(
         "address the gRPC server (and, unless --http-host, the HTTP server) binds to"))
     grpc_port: int = field(default=8001, metadata=setting_doc("gRPC port; 0 picks a free port (logged)"))

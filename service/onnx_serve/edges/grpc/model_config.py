@@ -1,7 +1,10 @@
-"""The effective configuration of a model version, as Triton's ModelConfig message."""
+"""The effective configuration of a model version, as Triton's ModelConfig message: the config completed from
+the graph at load (core/autocomplete.py), so dims, reshape, format, label_filename, max_batch_size,
+dynamic_batching, instance groups and warm-up say what serves."""
 
 from __future__ import annotations
 
+from onnx_serve.core.model_config import ModelConfig, triton_type
 from onnx_serve.core.version import ModelVersion
 from onnx_serve.protos.inference import model_config_pb2 as mc
 
@@ -21,13 +24,18 @@ def model_config_proto(version: ModelVersion) -> mc.ModelConfig:
     else:
         out.version_policy.latest.num_versions = policy.num_versions
     # Triton's convention: with max_batch_size > 0 the dims leave out the batch axis.
-    for spec in version.signature.inputs:
-        out.input.add(name=spec.name, data_type=mc.DataType.Value(_type_name(spec.datatype)),
-                      dims=spec.shape[1:] if batched else spec.shape)
-    for spec in version.signature.outputs:
-        out.output.add(name=spec.name, data_type=mc.DataType.Value(_type_name(spec.datatype)),
-                       dims=spec.shape[1:] if batched else spec.shape,
-                       label_filename=config.labels or "")
+    for tensor in config.inputs:
+        added = out.input.add(name=tensor.name, data_type=mc.DataType.Value(triton_type(tensor.datatype)),
+                              dims=tensor.dims, format=mc.ModelInput.Format.Value(tensor.format))
+        if tensor.reshape is not None:
+            added.reshape.SetInParent()
+            added.reshape.shape.extend(tensor.reshape)
+    for tensor in config.outputs:
+        output = out.output.add(name=tensor.name, data_type=mc.DataType.Value(triton_type(tensor.datatype)),
+                                dims=tensor.dims, label_filename=tensor.label_filename)
+        if tensor.reshape is not None:
+            output.reshape.SetInParent()
+            output.reshape.shape.extend(tensor.reshape)
     if batched and config.dynamic_batching is not None:
         batching = config.dynamic_batching
         db = out.dynamic_batching
@@ -35,9 +43,10 @@ def model_config_proto(version: ModelVersion) -> mc.ModelConfig:
         db.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
         db.default_queue_policy.max_queue_size = batching.max_queue_size
         db.default_queue_policy.default_timeout_microseconds = batching.default_timeout_microseconds
-    on_gpu = any(p != "CPUExecutionProvider" for p in version.providers)
-    out.instance_group.add(name=f"{version.name}_0", count=config.instance_count,
-                           kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
+    _instance_groups(out, version)
+    _warmup(out, config)
+    for key, value in config.parameters:  # config.pbtxt's, as given
+        out.parameters[key].string_value = value
     params = {
         "execution_providers": ",".join(version.providers),
         "requested_execution_providers": ",".join(config.execution_providers or ()) or "server default",
@@ -47,9 +56,30 @@ def model_config_proto(version: ModelVersion) -> mc.ModelConfig:
     if config.preprocess is not None:
         params["preprocess"] = repr(config.preprocess)
     for key, value in params.items():
-        out.parameters[key].string_value = value
+        if key not in out.parameters:
+            out.parameters[key].string_value = value
     return out
 
 
-def _type_name(datatype: str) -> str:
-    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+def _instance_groups(out: mc.ModelConfig, version: ModelVersion) -> None:
+    config = version.config
+    if config.instance_groups:  # config.pbtxt's, resolved at load as Triton resolves them
+        for group in config.instance_groups:
+            out.instance_group.add(name=group.name, kind=mc.ModelInstanceGroup.Kind.Value(group.kind),
+                                   count=group.count, gpus=group.gpus)
+        return
+    on_gpu = any(p != "CPUExecutionProvider" for p in version.providers)
+    out.instance_group.add(name=f"{version.name}_0", count=config.instance_count,
+                           kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
+
+
+def _warmup(out: mc.ModelConfig, config: ModelConfig) -> None:
+    for sample in config.model_warmup or ():
+        added = out.model_warmup.add(name=sample.name, batch_size=sample.batch_size, count=sample.count)
+        for name, given in sample.inputs:
+            warm = mc.ModelWarmup.Input(data_type=triton_type(given.datatype), dims=given.dims)
+            if given.source == "input_data_file":
+                warm.input_data_file = given.input_data_file
+            else:
+                setattr(warm, given.source, True)
+            added.inputs[name].CopyFrom(warm)
