@@ -21,7 +21,8 @@ from onnx_serve.types import Prediction as Prediction  # re-exported: part of th
 
 DEFAULT_URL = "127.0.0.1:8001"
 DEFAULT_MODEL = "mnist-cnn"
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the server's default --max-message-bytes
+# What the client sends and accepts; a server refuses above its own --max-message-bytes (2 MiB by default).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_TOP_K = 2**32 - 1  # the field is a uint32; the server clips top_k to the model's classes anyway
 
 ImageInput: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | np.ndarray | Image.Image

@@ -169,8 +169,31 @@ class Settings:
         "ONNX Runtime intra-op threads per model instance; 0 sizes them to the CPU quota (cgroup limit) divided "
         "among workers and instances"))
     inter_op_threads: int = field(default=0, metadata=setting_doc("ONNX Runtime inter-op threads; 0 = 1"))
-    max_message_bytes: int = field(default=64 * 1024 * 1024, metadata=setting_doc(
-        "largest gRPC message accepted or sent", unit="bytes"))
+    # What a gRPC client can make the server hold (arithmetic in edges/grpc/transport.py): messages in flight
+    # <= max_concurrent_rpcs x max_message_bytes = 64 x 2 MiB; header blocks before a connection acknowledges
+    # our HTTP/2 settings <= max_grpc_connections x 16 MiB = 16 x 16 MiB; each for at most grpc_read_timeout_s.
+    max_message_bytes: int = field(default=2 * 1024 * 1024, metadata=setting_doc(
+        "largest gRPC message accepted or sent, checked after decompression (a batch of 64 MNIST digits is "
+        "0.2 MiB, a photo 1 MiB or so); in flight: up to --max-concurrent-rpcs of them", unit="bytes"))
+    max_concurrent_rpcs: int = field(default=64, metadata=setting_doc(
+        "gRPC calls in progress at once, server-wide (a stream counts for as long as it is open); beyond it a "
+        "call is refused at once with RESOURCE_EXHAUSTED; with --max-message-bytes it bounds the bytes of messages "
+        "in flight (64 x 2 MiB = 128 MiB); 0 = no limit"))
+    max_grpc_connections: int = field(default=16, metadata=setting_doc(
+        "gRPC client connections at once; one beyond it is closed at once (the client sees UNAVAILABLE and "
+        "retries); until a connection acknowledges the server's HTTP/2 settings gRPC accepts 16 MiB of headers "
+        "from it, so this bounds that to 16 x 16 MiB = 256 MiB; 0 = no limit"))
+    grpc_read_timeout_s: float = field(default=10.0, metadata=setting_doc(
+        "time a gRPC client gets to send a unary request's message after its headers (DEADLINE_EXCEEDED after), "
+        "and a new connection to acknowledge the server's HTTP/2 settings (closed after); 0 = no limit",
+        flag="grpc-read-timeout", unit="seconds"))
+    max_connection_idle_s: float = field(default=300.0, metadata=setting_doc(
+        "close gRPC connections that have had no call for this long, giving their --max-grpc-connections slot "
+        "back; 0 = never", flag="max-connection-idle", unit="seconds"))
+    keepalive_time_s: float = field(default=60.0, metadata=setting_doc(
+        "ping gRPC clients that have calls in flight this often; one that does not answer within 20 s is "
+        "disconnected, freeing what its calls held; 0 = the gRPC default (2 hours)", flag="keepalive-time",
+        unit="seconds"))
     max_decoding_bytes: int = field(default=256 * 1024 * 1024, metadata=setting_doc(
         "memory all of a worker's Classify image decodes in flight may hold together (decoded pixels and their "
         "reduced copies; each image is also bounded by its model's limits.max_decoded_bytes); an image that cannot "
