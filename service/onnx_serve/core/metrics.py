@@ -9,6 +9,9 @@ exporter aggregates them, so counters never go backwards when one worker's numbe
 from __future__ import annotations
 
 import contextlib
+import glob
+import json
+import logging
 import os
 import platform
 import socket
@@ -34,11 +37,13 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector
 
 from onnx_serve import __version__
 from onnx_serve.core.batching import BatchTiming
 
+log = logging.getLogger("onnx_serve.metrics")
 # Sub-millisecond (small CNNs answer in ~100 us) up to seconds (large models under load).
 LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
@@ -197,6 +202,32 @@ def _remove(metric: Gauge, *labels: str) -> None:
         metric.remove(*labels)
 
 
+class TolerantMultiProcessCollector(multiprocess.MultiProcessCollector):
+    """The workers' aggregate, without the files it cannot read. A worker killed in the middle of a write, or
+    one restarted while its file is being created, leaves a file that fails to parse; prometheus_client would
+    then fail every scrape (500) for as long as the file stays. Such a file is left out (logged once)."""
+
+    def __init__(self, registry: CollectorRegistry, path: str | None = None) -> None:
+        super().__init__(registry, path)  # type: ignore[no-untyped-call]
+        self._reported: set[str] = set()
+
+    def collect(self) -> Iterator[Metric]:
+        readable = []
+        for path in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                for key, *_ in MmapedDict.read_all_values_from_file(path):  # type: ignore[no-untyped-call]
+                    json.loads(key)
+            except FileNotFoundError:
+                continue  # a dead worker's live gauges, removed by mark_process_dead since the glob
+            except Exception as error:  # any unreadable file is left out, never the whole scrape
+                if path not in self._reported:
+                    self._reported.add(path)
+                    log.warning("metrics: leaving out %s, which cannot be read: %s", path, error)
+                continue
+            readable.append(path)
+        return iter(self.merge(readable, accumulate=True))  # type: ignore[no-untyped-call]
+
+
 class WorkerRestarts:
     """onnx_serve_worker_restarts_total{worker}: worker processes the --workers supervisor restarted. The
     supervisor serves no requests and writes no multiprocess files, so this is a collector of its own, exported
@@ -233,7 +264,7 @@ def start_exporter(host: str, port: int, metrics: Metrics | None, extra: Sequenc
     adds the `extra` collectors (the supervisor's own metrics) to that aggregate."""
     if metrics is None or multiprocess_mode():
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        TolerantMultiProcessCollector(registry)
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
         for own in extra:
