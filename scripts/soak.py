@@ -1,6 +1,7 @@
 """Bounded soak test: sustained mixed traffic against a real onnx-serve on 127.0.0.1, bad requests included.
 
     python scripts/soak.py --duration 600 [--concurrency 8] [--models models] [--json soak.json]
+    python scripts/soak.py --adversarial --duration 600 [--concurrency 4] [--json soak.json]
 
 Starts `onnx-serve` on free ports with the given repository (the bundled one by default), then keeps
 `--concurrency` requests in flight for `--duration` seconds, mixing V2 ModelInfer (good and malformed),
@@ -8,6 +9,13 @@ Classify (good PNGs and undecodable bytes) and unknown-model requests. Every min
 prints throughput, latency percentiles of the good requests, and the server's RSS; at the end it reports
 error counts by status and whether each matched what was expected, RSS at start and end, and exits 1 on
 any unexpected status or RSS growth above --max-rss-growth (5 % by default).
+
+With --adversarial (scripts/adversarial.py), the first tenth (at most a minute) is normal clients alone, and the
+rest adds every attack of the adversarial suite (tests/helpers/attacks.py: pixel, gzip, unfinished-message,
+header-flood and never-read stream bombs, a stalled Health Watch, duplicated outputs, unknown names, cancelled
+calls, bad shapes) beside them; it reports peak RSS, lost normal requests, unexpected attack outcomes and the
+normal clients' p99 against the quiet one, and exits 1 on a lost request, an unexpected outcome or a peak RSS
+above --max-peak-rss-mib (512).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.helpers: the attacks are the adversarial test suite's own
 
 
 def digit_png(rng: random.Random) -> bytes:
@@ -133,7 +142,11 @@ def main() -> int:
     parser.add_argument("--model", default="mnist-cnn")
     parser.add_argument("--max-rss-growth", type=float, default=0.05)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--adversarial", action="store_true", help="mix the adversarial suite's attacks in")
+    parser.add_argument("--max-peak-rss-mib", type=float, default=512)
     args = parser.parse_args()
+    if args.adversarial:
+        return adversarial_soak(args)
 
     server = start_server(args.models)
 
@@ -168,6 +181,26 @@ def main() -> int:
         args.json.write_text(json.dumps(summary, indent=2))
     ok = not unexpected and growth <= args.max_rss_growth and exit_code == 0
     return 0 if ok else 1
+
+
+def adversarial_soak(args: argparse.Namespace) -> int:
+    from adversarial import Adversarial
+
+    from tests.helpers.attacks import Target
+
+    server = start_server(args.models)
+    try:
+        quiet = min(60.0, args.duration / 10)
+        run = Adversarial(Target(server.url, server.grpc_port, args.model), server.process.pid, min(args.window, 30))
+        summary = asyncio.run(run.run(quiet, args.duration - quiet, args.concurrency))
+    finally:
+        summary_exit = server.stop()
+    summary["server_exit_code"] = summary_exit
+    print(json.dumps({k: v for k, v in summary.items() if k != "windows"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    ok = not summary["lost"] and not summary["unexpected"] and summary["peak_rss_mib"] < args.max_peak_rss_mib
+    return 0 if ok and summary_exit == 0 else 1
 
 
 if __name__ == "__main__":
