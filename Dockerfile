@@ -7,9 +7,9 @@
 #
 # The builder stage installs the locked dependencies (constraints.txt, made by
 # scripts/lock-constraints.sh) and onnx-serve into the virtual environment /opt/venv; the runtime
-# stage gets that environment and the models, and no compiler, pip cache or source tree.
-# scripts/check-image-install.sh repeats the builder's install commands in a temporary venv and
-# smoke-runs the result; change both together.
+# stage gets that environment and the models, and no compiler, installer, pip cache or source tree.
+# scripts/build-image.sh builds this file for real (podman, in CI) and runs and checks the image
+# (tests/system/test_image.py); deploy/README.md has the figures.
 #
 # No HEALTHCHECK: Kubernetes probes the gRPC health service itself (deploy/k8s); for `docker run`,
 # see deploy/README.md.
@@ -54,17 +54,23 @@ RUN python3 -m venv /opt/venv
 COPY constraints.txt /src/constraints.txt
 RUN /opt/venv/bin/pip install --no-cache-dir --requirement /src/constraints.txt
 # Then onnx-serve itself, without resolving again: every dependency must already be there (pip check).
+# The models' modes are made u=rwX,go=rX here: COPY keeps a checkout's modes, and one made with umask
+# 002 has group-writable files (and group 0, which OpenShift adds to every pod, owns them here).
 COPY . /src
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src \
- && /opt/venv/bin/pip check
-RUN if [ "$VARIANT" = gpu ]; then sh /src/scripts/install-gpu.sh /opt/venv/bin/python; fi
+ && /opt/venv/bin/pip check \
+ && chmod -R u=rwX,go=rX /src/models
+# The GPU variant swaps in onnxruntime-gpu. Then nothing at run time installs code: pip and setuptools
+# leave the environment (25 MB less, and no installer in the image); packages of your own go in before.
+RUN if [ "$VARIANT" = gpu ]; then sh /src/scripts/install-gpu.sh /opt/venv/bin/python; fi \
+ && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # ---- runtime -----------------------------------------------------------------------------------------
 # hadolint ignore=DL3006
 FROM runtime-base-${VARIANT} AS runtime
 ARG VARIANT
 LABEL org.opencontainers.image.title="onnx-serve" \
-      org.opencontainers.image.description="gRPC model server for ONNX image classifiers (KServe V2, Classify)" \
+      org.opencontainers.image.description="gRPC and HTTP model server for ONNX image classifiers (KServe V2, Classify)" \
       org.opencontainers.image.licenses="Apache-2.0" \
       io.onnx-serve.variant="${VARIANT}"
 # A named user for tools that look the UID up; Kubernetes refers to it by number (runAsUser: 10001).
@@ -73,15 +79,20 @@ RUN groupadd --system --gid 10001 onnxserve \
         --shell /usr/sbin/nologin onnxserve
 COPY --from=builder /opt/venv /opt/venv
 # Models stay owned by root: the server reads them and must not be able to change them.
-COPY models/ /models/
+COPY --from=builder /src/models/ /models/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     ONNX_SERVE_MODEL_REPOSITORY=/models
 WORKDIR /tmp
 USER 10001:10001
-# 8001 gRPC (KServe V2, Classify, health, reflection); 8002 Prometheus metrics (/metrics).
-EXPOSE 8001 8002
+# 8000 HTTP/REST (KServe V2 REST with Triton's extensions, Classify; /v2/health/ready and /live),
+# 8001 gRPC (KServe V2, Classify, health, reflection), 8002 Prometheus metrics (/metrics): the server's
+# defaults, set here so that `docker run -e` and the manifests name the ports the image documents.
+ENV ONNX_SERVE_HTTP_PORT=8000 \
+    ONNX_SERVE_GRPC_PORT=8001 \
+    ONNX_SERVE_METRICS_PORT=8002
+EXPOSE 8000 8001 8002
 # The server answers SIGTERM by failing health, draining for --grace-period, and exiting 0.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["onnx-serve"]

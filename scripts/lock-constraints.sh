@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate constraints.txt: the exact versions of onnx-serve's runtime dependencies, and of theirs,
-# that the container image installs (Dockerfile, scripts/check-image-install.sh).
+# that the container image installs (Dockerfile; scripts/build-image.sh builds and checks it).
 #
 #   scripts/lock-constraints.sh                     # resolve with `python3` on PATH, rewrite constraints.txt
 #   PYTHON=/path/to/venv/bin/python scripts/lock-constraints.sh

@@ -31,6 +31,7 @@ RULES = PROMETHEUS_DIR / "rules.yml"
 RULES_TEST = PROMETHEUS_DIR / "rules_test.yml"
 SCRAPE_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "onnx-serve-dashboard.json"
+HTTP_APP = REPO / "service" / "onnx_serve" / "edges" / "http" / "app.py"
 
 PROMETHEUS_SYNTHETIC = {"up"}  # written by Prometheus for every target
 
@@ -307,3 +308,30 @@ def test_dashboard_covers_the_required_views() -> None:
         assert any(f"histogram_quantile({quantile}," in expr for expr in latency), f"no p{quantile} latency"
     assert any(re.search(r"by \([^)]*\bcode\b", expr) for expr in queries), "no errors-by-code panel"
     assert any(panel["type"] == "heatmap" for panel in dashboard["panels"]), "no batch size heatmap"
+
+
+# ---------------------------------------------------------------------------------------------------
+# the HTTP edge
+
+def http_api_labels() -> set[str]:
+    """The `api` label values the HTTP edge gives its requests (edges/http/app.py passes them to the data plane)."""
+    return set(re.findall(r'api="(\w+)"', HTTP_APP.read_text()))
+
+
+def test_dashboard_splits_traffic_and_errors_by_edge() -> None:
+    assert http_api_labels() == {"http_infer", "http_classify"}
+    queries = [expr for _, _, expr in dashboard_queries(load_dashboard())]
+    http = [expr for expr in queries if 'api=~"http_.*"' in expr]
+    grpc = [expr for expr in queries if 'api!~"http_.*"' in expr]
+    assert len(http) >= 2 and len(grpc) >= 2, "requests/s and server error ratio, for each edge"
+
+
+def test_alerts_are_tested_on_http_traffic() -> None:
+    """The rules count every api alike; rules_test.yml proves it with HTTP-only series for the error and
+    latency alerts."""
+    tested: set[str] = set()
+    for group in yaml.safe_load(RULES_TEST.read_text())["tests"]:
+        series = " ".join(item["series"] for item in group["input_series"])
+        if any(f'api="{label}"' in series for label in http_api_labels()):
+            tested |= {case["alertname"] for case in group.get("alert_rule_test", []) if case.get("exp_alerts")}
+    assert {"OnnxServeServerErrorRatioHigh", "OnnxServeP99LatencyHigh"} <= tested
