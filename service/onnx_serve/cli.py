@@ -15,17 +15,40 @@ SUBCOMMANDS = ("serve", "classify", "bench")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field, all from its SettingSpec. Every flag's own default is None ("not given"), so
-    that settings_from can let a given flag win over its variable and the variable over the field's default."""
+    """One flag (with its aliases) per Settings field, all from its SettingSpec. Every flag's own default is None
+    ("not given"), so that settings_from can let a given flag win over its variable and the variable over the
+    field's default."""
     for spec in SETTINGS:
         help_text = f"{spec.help} (default: {spec.default_text}) [env {spec.env}]".replace("%", "%%")
         if spec.is_switch:
-            parser.add_argument(spec.option, dest=spec.name, action=argparse.BooleanOptionalAction, default=None,
+            parser.add_argument(*spec.options, dest=spec.name, action=Switch, type=_flag_type(spec), default=None,
                                 help=help_text)
+        elif spec.repeatable:  # once per item: --load-model a --load-model b
+            parser.add_argument(*spec.options, dest=spec.name, action="append", type=str.strip, default=None,
+                                help=help_text, metavar=spec.flag.upper().replace("-", "_"))
         else:
-            parser.add_argument(spec.option, dest=spec.name, type=_flag_type(spec), default=None,
+            parser.add_argument(*spec.options, dest=spec.name, type=_flag_type(spec), default=None,
                                 choices=spec.choices or None, help=help_text,
                                 metavar=None if spec.choices else (spec.unit or spec.flag).upper().replace("-", "_"))
+
+
+class Switch(argparse.BooleanOptionalAction):
+    """--flag / --no-flag, and also --flag=false or --flag true: Triton's boolean flags take a value
+    (--strict-readiness=false), and manifests written for Triton spell them so."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, default: bool | None = None,
+                 type: Callable[[str], bool] | None = None, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, default=default, type=type, help=help)
+        self.nargs = "?"
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"argument {option_string}: takes no value")
+            setattr(namespace, self.dest, False)
+        else:
+            setattr(namespace, self.dest, True if values is None else values)
 
 
 def _flag_type(spec: SettingSpec) -> Callable[[str], object]:
@@ -43,6 +66,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     """The Settings of parsed `serve` arguments: each flag, else its ONNX_SERVE_* variable, else the default.
     Raises SettingError for a variable that does not parse."""
     flags = {spec.name: getattr(args, spec.name, None) for spec in SETTINGS}
+    for spec in SETTINGS:  # a repeated flag's items (argparse lists them) as the field's tuple
+        if spec.repeatable and flags[spec.name] is not None:
+            flags[spec.name] = tuple(item for item in flags[spec.name] if item)  # type: ignore[union-attr]
     return settings_from_sources(flags, os.environ if environ is None else environ)
 
 
@@ -76,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from onnx_serve.core.model_control import check_startup_models
     from onnx_serve.edges.grpc.server import check_security_settings
     from onnx_serve.logs import setup_logging
     from onnx_serve.server import check_repository
@@ -87,12 +114,14 @@ def serve(args: argparse.Namespace) -> int:
         # port (or worker).
         check_security_settings(settings)
         check_repository(settings.model_repository)
+        check_startup_models(settings)
     except SettingError as error:
         # argparse's error line and exit status 2, without the usage: a variable or a file is at fault, not the
         # flags' syntax.
         parser = args.serve_parser
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    setup_logging(settings.log_level, settings.log_format, settings.access_log)
+    # Triton's --log-verbose N (N >= 1) means debug lines, whatever --log-level says.
+    setup_logging("debug" if settings.log_verbose else settings.log_level, settings.log_format, settings.access_log)
     return run_server(settings)
 
 

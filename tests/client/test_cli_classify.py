@@ -160,8 +160,10 @@ def test_unreachable_server_is_one_line_and_exit_2(images: dict[str, Path]) -> N
     assert line.startswith("onnx-serve classify: 127.0.0.1:1: ") and line.endswith("(UNAVAILABLE)"), line
 
 
-@pytest.mark.parametrize(("model", "reason"), [("missing", "unknown model 'missing' (NOT_FOUND)"),
-                                               ("no-preprocess", "no preprocess section")])
+@pytest.mark.parametrize(("model", "reason"), [
+    ("missing", "Request for unknown model: 'missing' is not found (NOT_FOUND)"),
+    ("no-preprocess", "no preprocess section"),
+])
 def test_a_model_that_cannot_classify_stops_at_the_first_image(server: InProcessServer, images: dict[str, Path],
                                                                model: str, reason: str) -> None:
     result = classify("--url", server.url, "--model", model, images["ring.png"], images["stroke.jpg"])

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 from onnx_serve.core.batching import Batcher, BatchPolicy, BatchTiming, JobResult
-from onnx_serve.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from onnx_serve.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from onnx_serve.core.scheduling import QueuePolicy
 
 LONG_NS = 60 * 1_000_000_000  # a delay no test waits for
 
@@ -164,7 +165,8 @@ async def test_requests_with_different_shapes_are_never_mixed() -> None:
 
 
 async def test_queue_full_is_refused_at_once() -> None:
-    executor, batcher, running = await held(BatchPolicy(max_batch_size=1, dynamic=True, max_queue_size=2))
+    policy = BatchPolicy(max_batch_size=1, dynamic=True, queue=QueuePolicy(max_queue_size=2))
+    executor, batcher, running = await held(policy)
     waiting = await queued(batcher, sample(1), sample(1))
     with pytest.raises(ResourceExhausted, match="queue is full"):
         await batcher.submit(sample(1))
@@ -186,15 +188,13 @@ async def test_expired_requests_are_answered_and_never_run() -> None:
     await batcher.close()
 
 
-async def test_default_timeout_applies_without_a_client_deadline() -> None:
-    policy = BatchPolicy(max_batch_size=4, dynamic=True, default_timeout_ns=5_000_000)
+async def test_the_default_queue_timeout_rejects_a_queued_request_as_triton() -> None:
+    policy = BatchPolicy(max_batch_size=4, dynamic=True, queue=QueuePolicy(default_timeout_ns=5_000_000))
     executor, batcher, running = await held(policy, first=sample(1, 1.0))
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(Unavailable, match=r"^Request timeout expired"):  # Triton's status and words
         await batcher.submit(sample(1, 2.0))
-    with pytest.raises(DeadlineExceeded):  # its deadline passed during inference
-        await running
     executor.gate.set()
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(running, 10)  # a queue timeout ends with the queue: the running one is answered
     assert [float(v) for feeds in executor.inputs for v in feeds["x"][:, 0]] == [1.0]
     await batcher.close()
 

@@ -228,7 +228,7 @@ async def test_the_latest_ready_version_is_served_when_the_newest_is_broken(repo
 
 
 async def test_get_answers_not_found_for_an_unknown_model(repository: Repository) -> None:
-    with pytest.raises(NotFound, match=r"^unknown model 'ghost'$"):
+    with pytest.raises(NotFound, match=r"^Request for unknown model: 'ghost' is not found$"):
         repository.get("ghost")
     with pytest.raises(NotFound, match=r"^no model name given$"):
         repository.get("")
@@ -514,7 +514,7 @@ async def test_reload_all_unloads_models_that_left_the_repository(repository: Re
     await repository.reload_all()
     assert set(repository.models) == {"stays"}
     assert list(repository.index()) == [("stays", "1", State.READY, "")]
-    with pytest.raises(NotFound, match=r"^unknown model 'goes'$"):
+    with pytest.raises(NotFound, match=r"^Request for unknown model: 'goes' is not found$"):
         repository.get("goes")
 
 

@@ -15,6 +15,9 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 # The flags as deployments and scripts spell them today: renaming one breaks them.
 FLAGS = {
     "model_repository": "--model-repository", "model_name": "--model-name", "host": "--host",
+    "model_control_mode": "--model-control-mode", "load_model": "--load-model",
+    "repository_poll_s": "--repository-poll-secs", "strict_readiness": "--strict-readiness",
+    "log_verbose": "--log-verbose",
     "grpc_port": "--grpc-port",
     "http_port": "--http-port", "http_host": "--http-host", "http_read_timeout_s": "--http-read-timeout",
     "metrics_port": "--metrics-port", "metrics_host": "--metrics-host", "log_level": "--log-level",

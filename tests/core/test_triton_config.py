@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
 from onnx import TensorProto
 from onnx_serve.core import repository as repository_module
 from onnx_serve.core.errors import ConfigError
@@ -22,6 +23,7 @@ from onnx_serve.core.metrics import Metrics
 from onnx_serve.core.model_config import (
     DynamicBatching,
     InstanceGroup,
+    QueuePolicy,
     TensorConfig,
     VersionPolicy,
     WarmupInput,
@@ -29,9 +31,17 @@ from onnx_serve.core.model_config import (
     parse_model_config,
 )
 from onnx_serve.core.repository import Repository
+from onnx_serve.core.scheduling import batch_policy
 from onnx_serve.core.settings import Settings
-from onnx_serve.core.triton_config import FIELDS, HONOURED, parse_triton_config, read_model_config
+from onnx_serve.core.triton_config import (
+    FIELDS,
+    HONOURED,
+    dynamic_batching_message,
+    parse_triton_config,
+    read_model_config,
+)
 from onnx_serve.core.version import ModelVersion, State
+from onnx_serve.protos.inference import model_config_pb2 as mc
 
 from tests.helpers.serving import ROOT, add_model, identity_model
 from tests.helpers.triton_examples import (
@@ -126,13 +136,74 @@ def test_every_honoured_knob_is_read() -> None:
     ''')
     assert config.max_batch_size == 16 and config.model_filename == "net.onnx"
     assert config.version_policy.select([1, 2, 3]) == [1, 3]
-    assert config.dynamic_batching == DynamicBatching(100, (4, 8), 7, 50)
+    assert config.dynamic_batching == DynamicBatching(100, (4, 8), 7, 50, allow_timeout_override=True)
     assert config.instance_groups == (InstanceGroup("g", "KIND_GPU", 2, (1, 2)),)
     assert config.execution_providers == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     assert (config.session.graph_optimization_level, config.session.intra_op_threads,
             config.session.inter_op_threads, config.session.memory_arena) == ("extended", 3, 2, False)
     assert config.model_warmup == (WarmupSample("w", 2, (("x", WarmupInput("FP32", (4,), "random_data")),), 3),)
     assert dict(config.parameters)["intra_op_thread_count"] == "3"
+
+
+def test_priorities_and_queue_policies_are_read() -> None:
+    config = parse('''
+        max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ]
+        dynamic_batching {
+          preserve_ordering: true priority_levels: 3 default_priority_level: 2
+          default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 9 max_queue_size: 5 }
+          priority_queue_policy [
+            { key: 3 value: { max_queue_size: 1 } },
+            { key: 1 value: { timeout_action: REJECT default_timeout_microseconds: 20 allow_timeout_override: true } }
+          ]
+        }
+    ''')
+    batching = config.dynamic_batching
+    assert batching is not None and batching.preserve_ordering
+    assert (batching.priority_levels, batching.default_priority_level) == (3, 2)
+    assert batching.default_queue_policy == QueuePolicy(5, 9, False, "DELAY")
+    assert batching.priority_queue_policy == ((1, QueuePolicy(0, 20, True, "REJECT")),
+                                              (3, QueuePolicy(max_queue_size=1)))
+    policy = batch_policy(batching, 4, split_oversized=False)
+    assert policy.level_of(0) == 2 and policy.level_of(1) == 1 and policy.level_of(4) == 2
+    assert policy.queue_policy(1).allow_timeout_override and policy.queue_policy(1).default_timeout_ns == 20_000
+    assert policy.queue_policy(2).delay_on_timeout and policy.queue_policy(2).max_queue_size == 5
+    assert policy.queue_policy(3).max_queue_size == 1 and policy.preserve_ordering
+
+
+def test_dynamic_batching_is_answered_with_every_knob() -> None:
+    text = ('max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] } ] dynamic_batching { '
+            'preferred_batch_size: [ 2, 4 ] max_queue_delay_microseconds: 7 preserve_ordering: true priority_levels: 2 '
+            'default_priority_level: 1 default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 9 '
+            'allow_timeout_override: true max_queue_size: 3 } priority_queue_policy { key: 2 value: { '
+            'max_queue_size: 1 } } }')
+    batching = parse(text).dynamic_batching
+    assert batching is not None
+    answered = dynamic_batching_message(batching)
+    given = mc.ModelConfig()
+    text_format.Parse(text, given)
+    assert answered == given.dynamic_batching  # what the file said, field by field
+    assert dynamic_batching_message(DynamicBatching()).default_queue_policy.max_queue_size == 1024
+
+
+def test_yaml_takes_the_same_dynamic_batching_keys() -> None:
+    raw = {"dynamic_batching": {"preserve_ordering": True, "priority_levels": 2, "default_priority_level": 2,
+                                "default_queue_policy": {"timeout_action": "DELAY", "default_timeout_microseconds": 9},
+                                "priority_queue_policy": {1: {"max_queue_size": 3, "allow_timeout_override": True}}}}
+    batching = parse_model_config(raw, "config.yaml", "m").dynamic_batching
+    assert batching is not None and batching.preserve_ordering and batching.priority_levels == 2
+    assert batching.default_queue_policy == QueuePolicy(1024, 9, False, "DELAY")  # config.yaml's queue bound
+    assert batching.priority_queue_policy == ((1, QueuePolicy(3, 0, True, "REJECT")),)
+    for bad, message in [
+        ({"max_queue_size": 3, "default_queue_policy": {}}, "max_queue_size and default_queue_policy both set"),
+        ({"timeout_action": "DROP"}, "dynamic_batching.timeout_action: expected one of REJECT, DELAY"),
+        ({"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"1": {}}},
+         "priority levels as integers"),
+        ({"priority_queue_policy": {1: {"max_queue_size": 2}}}, "need priority_levels"),
+        ({"default_queue_policy": {"allow_timeout_override": "yes"}},
+         "dynamic_batching.default_queue_policy.allow_timeout_override: expected true or false"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            parse_model_config({"dynamic_batching": bad}, "config.yaml", "m")
 
 
 def test_cpu_instances_with_openvino_and_graph_levels() -> None:
@@ -153,13 +224,12 @@ def test_cpu_instances_with_openvino_and_graph_levels() -> None:
      "input['x'].is_shape_tensor: shape tensors"),
     ('input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] optional: true } ]',
      "input['x'].optional: not supported yet"),
-    ("dynamic_batching { priority_levels: 2 }", "dynamic_batching.priority_levels: not supported yet"),
-    ("dynamic_batching { default_priority_level: 1 }", "dynamic_batching.default_priority_level: not supported yet"),
-    ("dynamic_batching { preserve_ordering: true }", "dynamic_batching.preserve_ordering: not supported yet"),
-    ("dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
-     "dynamic_batching.default_queue_policy.timeout_action: not supported yet"),
-    ("dynamic_batching { priority_queue_policy { key: 1 value: { max_queue_size: 3 } } }",
-     "dynamic_batching.priority_queue_policy: not supported yet"),
+    ("dynamic_batching { priority_levels: 2 }", "default_priority_level: must be in [1, 2] (priority_levels), got 0"),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 3 }", "must be in [1, 2]"),
+    ("dynamic_batching { default_priority_level: 1 }", "default_priority_level and priority_queue_policy need "
+                                                       "priority_levels"),
+    ("dynamic_batching { priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value: { "
+     "max_queue_size: 3 } } }", "priority_queue_policy: levels [3] are not in [1, 2]"),
     ("instance_group [ { kind: KIND_MODEL } ]", "kind KIND_MODEL is not supported"),
     ("instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU } ]", "groups of different kinds"),
     ("instance_group [ { kind: KIND_CPU gpus: [ 0 ] } ]", "has kind KIND_CPU but lists gpus"),

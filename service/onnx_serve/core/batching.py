@@ -1,22 +1,30 @@
 """Dynamic batching per model version, with Triton's semantics (pure asyncio, no gRPC).
 
-A request becomes a Job that carries `size` samples along axis 0 of every input. Jobs wait in one queue;
-the scheduler takes an idle model instance first, then forms a batch from the oldest job and every later
-job with the same non-batch shapes (others are never mixed in and keep their place):
+A request becomes a Job that carries `size` samples along axis 0 of every input. Jobs wait in one queue, in
+priority order (Triton's priority_levels: level 1 first), oldest first within a level, the jobs a timeout
+delayed after the others of their level. The scheduler takes an idle model instance first, then forms a batch
+from the first job and every later job with the same non-batch shapes (others are never mixed in and keep
+their place):
 - a batch goes as soon as it reaches max_batch_size or a preferred_batch_size;
-- otherwise it goes when the oldest job has waited max_queue_delay_microseconds (0: at once);
-- beyond max_queue_size queued jobs, submit fails at once with RESOURCE_EXHAUSTED;
-- a job whose deadline (the client's, or default_timeout_microseconds) has passed is answered
-  DEADLINE_EXCEEDED and never runs.
+- otherwise it goes when its oldest job has waited max_queue_delay_microseconds (0: at once);
+- beyond its level's max_queue_size queued jobs, submit fails at once with RESOURCE_EXHAUSTED;
+- a job still queued when its queue timeout (its level's default_timeout_microseconds, or the request's
+  `timeout` where allow_timeout_override lets it be shorter) is over is answered UNAVAILABLE "Request timeout
+  expired" (timeout_action REJECT, as Triton) or moved behind the others of its level (DELAY);
+- a job whose client deadline has passed is answered DEADLINE_EXCEEDED and never runs;
+- with preserve_ordering, answers are handed out in the order the requests came.
 Inputs are stacked with one copy (none for a single job) and outputs split back as views.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
+import itertools
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,20 +32,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from onnx_serve.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from onnx_serve.core.scheduling import REQUEST_SCHEDULE, BatchPolicy, Schedule
 
 Clock = Callable[[], int]  # monotonic nanoseconds
 TIMER_RESOLUTION_NS = 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class BatchPolicy:
-    max_batch_size: int = 0  # 0: the model has no batch axis; each job runs alone, as sent
-    dynamic: bool = False  # combine jobs (dynamic batching on)
-    max_queue_delay_ns: int = 0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 0  # 0 = unbounded
-    default_timeout_ns: int = 0  # 0 = none
-    split_oversized: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +81,16 @@ class Job:
     size: int
     key: tuple[Any, ...]
     enqueued_ns: int
-    deadline_ns: int | None
+    deadline_ns: int | None  # the client's
     future: asyncio.Future[JobResult] = field(repr=False)
+    level: int = 0
+    seq: int = 0  # arrival order
+    expires_ns: int | None = None  # the end of its queue timeout (None: none, or already delayed)
+    delay_on_timeout: bool = False
+    delayed: bool = False
+    queued: bool = True
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    outcome: JobResult | BaseException | None = field(default=None, repr=False)  # held for preserve_ordering
 
 
 class Batcher:
@@ -99,7 +105,10 @@ class Batcher:
         self._executor = executor
         self._observer = observer or _NullObserver()
         self._clock = clock
-        self._queue: list[Job] = []
+        self._queue: list[Job] = []  # sorted by Job.order
+        self._depth: Counter[int] = Counter()  # queued jobs per priority level
+        self._arrivals = itertools.count()
+        self._answer_order: deque[Job] = deque()  # preserve_ordering: jobs not yet answered, in arrival order
         self._arrived = asyncio.Event()
         self._batches_running = 0
         self._scheduler: asyncio.Task[None] | None = None
@@ -113,29 +122,41 @@ class Batcher:
         if self._scheduler is None:
             self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name="batcher")
 
-    async def submit(self, inputs: dict[str, np.ndarray], deadline_ns: int | None = None) -> JobResult:
+    async def submit(self, inputs: dict[str, np.ndarray], deadline_ns: int | None = None,
+                     schedule: Schedule | None = None) -> JobResult:
         """Queues one request's inputs and waits for all model outputs (in the model's output order).
-        `deadline_ns` is on this batcher's clock."""
+        `deadline_ns` is the client's, on this batcher's clock; `schedule` its priority and queue timeout
+        (None: the one scheduled() set, else none)."""
         if self._closed:
             raise Unavailable("the model is being unloaded")
         policy = self.policy
+        schedule = schedule or REQUEST_SCHEDULE.get()
         size = self._size_of(inputs)
         if policy.max_batch_size and size < 1:  # as Triton: a request carries at least one sample
             raise InvalidArgument("batch size 0: the first (batch) axis of every input must be at least 1")
         if policy.max_batch_size and size > policy.max_batch_size:
             if not policy.split_oversized:
                 raise InvalidArgument(f"batch of {size} exceeds the model's max_batch_size {policy.max_batch_size}")
-            return await self._submit_split(inputs, size, deadline_ns)
+            return await self._submit_split(inputs, size, deadline_ns, schedule)
         now = self._clock()
-        if policy.default_timeout_ns:
-            timeout_at = now + policy.default_timeout_ns
-            deadline_ns = timeout_at if deadline_ns is None else min(deadline_ns, timeout_at)
-        if policy.max_queue_size and len(self._queue) >= policy.max_queue_size:
-            raise ResourceExhausted(f"the model's queue is full ({policy.max_queue_size} requests waiting)")
+        level = policy.level_of(schedule.priority)
+        queue_policy = policy.queue_policy(level)
+        if queue_policy.max_queue_size and self._depth[level] >= queue_policy.max_queue_size:
+            where = f" at priority level {level}" if policy.priority_levels else ""
+            raise ResourceExhausted(f"the model's queue is full ({queue_policy.max_queue_size} requests "
+                                    f"waiting{where})")
         key = tuple((name, a.dtype.char, a.shape[1:] if policy.max_batch_size else a.shape)
                     for name, a in inputs.items())
-        job = Job(inputs, size, key, now, deadline_ns, asyncio.get_running_loop().create_future())
-        self._queue.append(job)
+        timeout_ns = queue_policy.timeout_ns(schedule.timeout_us)
+        loop = asyncio.get_running_loop()
+        job = Job(inputs, size, key, now, deadline_ns, loop.create_future(), level, next(self._arrivals),
+                  now + timeout_ns if timeout_ns else None, queue_policy.delay_on_timeout)
+        if timeout_ns:
+            job.timer = loop.call_later(timeout_ns / 1e9, self._timed_out, job)
+        bisect.insort(self._queue, job, key=_order)
+        self._depth[level] += 1
+        if policy.preserve_ordering:
+            self._answer_order.append(job)
         self._observer.queue_depth_changed(len(self._queue))
         self._arrived.set()
         # A cancelled or timed-out wait cancels job.future; the scheduler skips jobs whose future is done.
@@ -146,11 +167,11 @@ class Batcher:
         except TimeoutError:
             raise DeadlineExceeded("the deadline passed before inference finished") from None
 
-    async def _submit_split(self, inputs: dict[str, np.ndarray], size: int, deadline_ns: int | None
-                            ) -> JobResult:
+    async def _submit_split(self, inputs: dict[str, np.ndarray], size: int, deadline_ns: int | None,
+                            schedule: Schedule) -> JobResult:
         step = self.policy.max_batch_size
         parts = [{n: a[i : i + step] for n, a in inputs.items()} for i in range(0, size, step)]
-        results = await asyncio.gather(*(self.submit(p, deadline_ns) for p in parts))
+        results = await asyncio.gather(*(self.submit(p, deadline_ns, schedule) for p in parts))
         merged = [np.concatenate([r.outputs[k] for r in results]) for k in range(len(results[0].outputs))]
         return JobResult(merged, max(r.queue_ns for r in results), results[-1].batch)
 
@@ -192,7 +213,7 @@ class Batcher:
                 continue
             jobs, full = self._candidates()
             policy = self.policy
-            wait_ns = self._queue[0].enqueued_ns + policy.max_queue_delay_ns - self._clock()
+            wait_ns = min(job.enqueued_ns for job in jobs) + policy.max_queue_delay_ns - self._clock()
             if full or not policy.dynamic or wait_ns <= 0 or self._closed:
                 return self._take(jobs)
             self._arrived.clear()
@@ -231,22 +252,55 @@ class Batcher:
     def _take(self, jobs: list[Job]) -> list[Job]:
         taken = set(map(id, jobs))
         self._queue = [job for job in self._queue if id(job) not in taken]
+        for job in jobs:
+            self._dequeued(job)
         self._observer.queue_depth_changed(len(self._queue))
         return jobs
 
+    def _dequeued(self, job: Job) -> None:
+        job.queued = False
+        self._depth[job.level] -= 1
+        if job.timer is not None:
+            job.timer.cancel()
+            job.timer = None
+
     def _drop_dead(self) -> None:
+        """Drops the jobs nobody waits for or whose client deadline passed, and applies the queue policy to
+        those whose queue timeout is over (the timer may not have fired yet)."""
         now = self._clock()
         alive = []
         for job in self._queue:
             if job.future.done():
-                continue
-            if job.deadline_ns is not None and now >= job.deadline_ns:
-                job.future.set_exception(DeadlineExceeded("the deadline passed while the request was queued"))
-                continue
-            alive.append(job)
+                self._dequeued(job)
+                self._release_answers()
+            elif job.deadline_ns is not None and now >= job.deadline_ns:
+                self._dequeued(job)
+                self._answer(job, DeadlineExceeded("the deadline passed while the request was queued"))
+            elif job.expires_ns is not None and now > job.expires_ns and not job.delay_on_timeout:
+                self._dequeued(job)
+                self._answer(job, _timeout_expired())
+            else:
+                alive.append(job)
         if len(alive) != len(self._queue):
             self._queue = alive
             self._observer.queue_depth_changed(len(alive))
+        for job in [j for j in alive if j.expires_ns is not None and now > j.expires_ns]:
+            self._timed_out(job)  # DELAY: moved behind its level
+
+    def _timed_out(self, job: Job) -> None:
+        """The job's queue timeout is over: REJECT answers it UNAVAILABLE, DELAY moves it behind the jobs of its
+        level that have not timed out (as Triton's delayed queue), with no timeout any more."""
+        if not job.queued or job.future.done():
+            return
+        self._queue.remove(job)
+        job.timer, job.expires_ns = None, None
+        if job.delay_on_timeout:
+            job.delayed = True
+            bisect.insort(self._queue, job, key=_order)
+            return
+        self._dequeued(job)
+        self._observer.queue_depth_changed(len(self._queue))
+        self._answer(job, _timeout_expired())
 
     def _dispatch(self, instance: Any, jobs: list[Job]) -> None:
         """Starts the batch on the instance; _finish hands out the results when the worker thread is done. No
@@ -261,7 +315,7 @@ class Batcher:
             running = self._executor.start(instance, feeds)
         except Exception as exc:
             self._executor.release(instance)
-            _fail(jobs, exc)
+            self._fail(jobs, exc)
             return
         self._batches_running += 1
         running.add_done_callback(functools.partial(self._finish, instance, jobs, start, compute_input_ns))
@@ -271,10 +325,10 @@ class Batcher:
         self._batches_running -= 1
         self._executor.release(instance)
         if running.cancelled():
-            _fail(jobs, Unavailable("the model was unloaded while the request ran"))
+            self._fail(jobs, Unavailable("the model was unloaded while the request ran"))
             return
         if (exc := running.exception()) is not None:
-            _fail(jobs, exc)
+            self._fail(jobs, exc)
             return
         results, infer_ns = running.result()
         timing = BatchTiming(sum(job.size for job in jobs), compute_input_ns, infer_ns)
@@ -286,11 +340,45 @@ class Batcher:
             else:
                 outs = [r[offset : offset + job.size] for r in results]
             offset += job.size
-            if not job.future.done():
-                job.future.set_result(JobResult(outs, start - job.enqueued_ns, timing))
+            self._answer(job, JobResult(outs, start - job.enqueued_ns, timing))
+
+    def _fail(self, jobs: list[Job], exc: BaseException) -> None:
+        for job in jobs:
+            self._answer(job, exc)
+
+    def _answer(self, job: Job, outcome: JobResult | BaseException) -> None:
+        """Hands a job its result or error: at once, or with preserve_ordering once every job that came before it
+        has been answered (or given up by its client)."""
+        if not self.policy.preserve_ordering:
+            _settle(job, outcome)
+            return
+        job.outcome = outcome
+        self._release_answers()
+
+    def _release_answers(self) -> None:
+        order = self._answer_order
+        while order and (order[0].outcome is not None or order[0].future.done()):
+            job = order.popleft()
+            if job.outcome is not None:
+                _settle(job, job.outcome)
+                job.outcome = None
 
 
-def _fail(jobs: list[Job], exc: BaseException) -> None:
-    for job in jobs:
-        if not job.future.done():
-            job.future.set_exception(exc)
+def _order(job: Job) -> tuple[int, bool, int]:
+    """The queue's order: priority level, then the jobs not delayed by a timeout, then arrival."""
+    return job.level, job.delayed, job.seq
+
+
+def _timeout_expired() -> Unavailable:
+    # Triton's words (its clients match on them), then why.
+    return Unavailable("Request timeout expired: the request waited in the queue longer than its timeout "
+                       "(timeout_action REJECT)")
+
+
+def _settle(job: Job, outcome: JobResult | BaseException) -> None:
+    if job.future.done():  # its client gave up (cancelled, or its deadline passed)
+        return
+    if isinstance(outcome, BaseException):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)

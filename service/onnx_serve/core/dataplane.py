@@ -25,12 +25,22 @@ from onnx_serve.core.classification import class_count, classified
 from onnx_serve.core.codec import TensorSpec, check_arrays
 from onnx_serve.core.errors import InvalidArgument, NotFound, ServeError
 from onnx_serve.core.metrics import Metrics
-from onnx_serve.core.repository import Repository
+from onnx_serve.core.repository import Repository, unknown_model
 from onnx_serve.core.runtime import Signature
+from onnx_serve.core.scheduling import DEFAULT_SCHEDULE, Schedule, scheduled
 from onnx_serve.core.settings import cpu_quota
 from onnx_serve.core.stats import ModelStats
 from onnx_serve.core.version import ModelVersion, State
-from onnx_serve.imaging import DecodingBudget, Prediction, decode_and_preprocess, image_from_pixels, preprocess, top_k
+from onnx_serve.imaging import (
+    LARGE_IMAGE_PIXELS,
+    DecodingBudget,
+    Prediction,
+    decode_and_preprocess,
+    image_from_pixels,
+    preprocess,
+    stored_pixels,
+    top_k,
+)
 
 SERVER_NAME = "onnx-serve"
 PLATFORM = "onnxruntime_onnx"
@@ -128,10 +138,14 @@ class DataPlane:
         # Pillow releases the GIL while decoding and resizing, so these threads run in parallel.
         self._preprocess_pool = ThreadPoolExecutor(max_workers=max(2, int(cpu_quota())),
                                                    thread_name_prefix="preprocess")
+        # Large images (a photo, or a pixel bomb) take 0.1 s to seconds each: they decode one at a time in a lane
+        # of their own, so that ordinary images never queue behind them.
+        self._large_image_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess-large")
         self._decoding_budget = DecodingBudget(repository.settings.max_decoding_bytes)  # shared by those threads
 
     def close(self) -> None:
         self._preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        self._large_image_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------------------------ health, metadata
 
@@ -139,7 +153,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.started and not self.draining and self.repository.all_ready()
+        # --strict-readiness off (Triton's false): ready once started, whatever the models.
+        strict = self.repository.settings.strict_readiness
+        return self.started and not self.draining and (not strict or self.repository.all_ready())
 
     def model_readiness(self) -> dict[str, bool]:
         """Each loaded model's name and whether it serves (for per-model health): none does while draining."""
@@ -170,7 +186,7 @@ class DataPlane:
     def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
         """Statistics of every ready version, or of one model, or of one version of it."""
         if name and name not in self.repository.models:
-            raise NotFound(f"unknown model '{name}'")
+            raise unknown_model(name)
         found = []
         for model_name, model in sorted(self.repository.models.items()):
             if name and model_name != name:
@@ -191,6 +207,7 @@ class DataPlane:
                 if not ready_only or state is State.READY]
 
     async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        self.repository.check_control_requests()  # --model-control-mode none and poll refuse it, as Triton
         if parameters:  # Triton's config / file:<path> overrides: refused rather than silently ignored
             names = ", ".join(sorted(parameters))[:200]
             raise InvalidArgument(f"parameters: {names} not supported; models load from the model repository as "
@@ -200,6 +217,7 @@ class DataPlane:
             raise InvalidArgument(f"failed to load '{name}': {model.reason}")
 
     async def unload_model(self, name: str) -> None:
+        self.repository.check_control_requests()
         await self.repository.unload(name)
 
     # ------------------------------------------------------------------------------------ infer, classify
@@ -244,8 +262,7 @@ class DataPlane:
                      parameters: Mapping[str, ParameterValue] | None) -> InferResult:
         signature = version.signature
         try:
-            if parameters:
-                deadline_ns = _parameter_deadline(parameters, deadline_ns)
+            schedule = _schedule(parameters) if parameters else DEFAULT_SCHEDULE
             wanted = requested_output_indexes(outputs, signature)
             # Triton's classification extension (core/classification.py): checked before the model runs.
             classes = [class_count(o.name, o.parameters, signature.outputs[i])
@@ -254,7 +271,8 @@ class DataPlane:
                 arrays = inputs(signature)
             else:
                 arrays = check_arrays(inputs, signature.inputs, self.max_elements)
-            result = await version.infer(arrays, deadline_ns)
+            with scheduled(schedule):  # the request's priority and queue timeout, for the batcher
+                result = await version.infer(arrays, deadline_ns)
             output_started = time.perf_counter_ns()
             call.batch_stages(result, output_started)
             specs = signature.outputs
@@ -314,8 +332,9 @@ class DataPlane:
         loop = asyncio.get_running_loop()
         started = time.perf_counter_ns()
         try:
-            tensor = await loop.run_in_executor(self._preprocess_pool, _prepare, version, image,
-                                                self._decoding_budget)
+            large = isinstance(image, EncodedImage) and stored_pixels(image.data) > LARGE_IMAGE_PIXELS
+            pool = self._large_image_pool if large else self._preprocess_pool
+            tensor = await loop.run_in_executor(pool, _prepare, version, image, self._decoding_budget)
         except ServeError as exc:
             raise type(exc)(f"image {index}: {exc}") from None
         prepared = time.perf_counter_ns()
@@ -348,17 +367,19 @@ def _charged_batches(results: Sequence[JobResult]) -> BatchTiming:
                        sum(b.compute_infer_ns for b in batches))
 
 
-def _parameter_deadline(parameters: Mapping[str, ParameterValue], deadline_ns: int | None) -> int | None:
+def _schedule(parameters: Mapping[str, ParameterValue]) -> Schedule:
+    """Triton's schedule policy parameters: `priority` (1 is the highest level; 0 the model's default) and
+    `timeout` (microseconds in the queue, applied as the model's queue policy allows: core/batching.py)."""
+    values = {"priority": 0, "timeout": 0}
     for key, value in parameters.items():
         if key not in INFER_PARAMETERS:
             raise InvalidArgument(f"parameters: unknown request parameter '{key}'")
-        if key == "timeout":
+        if key in values:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidArgument("parameters.timeout: expected a non-negative integer of microseconds")
-            if value:
-                at = time.monotonic_ns() + value * 1000
-                deadline_ns = at if deadline_ns is None else min(deadline_ns, at)
-    return deadline_ns
+                unit = " of microseconds" if key == "timeout" else ""
+                raise InvalidArgument(f"parameters.{key}: expected a non-negative integer{unit}")
+            values[key] = value
+    return Schedule(priority=values["priority"], timeout_us=values["timeout"])
 
 
 def requested_output_indexes(outputs: Sequence[RequestedOutput], signature: Signature) -> list[int]:

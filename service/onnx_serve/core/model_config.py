@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from onnx_serve.core.errors import ConfigError
-from onnx_serve.core.schema import Section
+from onnx_serve.core.schema import Section, is_int
 from onnx_serve.core.settings import provider_name
 from onnx_serve.imaging import (
     ImageLimits,
@@ -41,12 +41,56 @@ def triton_type(datatype: str) -> str:
     return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
 
 
+TIMEOUT_ACTIONS = ("REJECT", "DELAY")
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ModelQueuePolicy: how one priority level's queue treats its requests."""
+
+    max_queue_size: int = 0  # 0 = unbounded, as in Triton
+    default_timeout_microseconds: int = 0  # time a request may wait in the queue; 0 = no limit
+    allow_timeout_override: bool = False  # a request's `timeout` parameter may shorten it
+    timeout_action: str = "REJECT"  # REJECT: answered UNAVAILABLE; DELAY: served after the others of its level
+
+
 @dataclass(frozen=True, slots=True)
 class DynamicBatching:
     max_queue_delay_microseconds: int = 0
     preferred_batch_size: tuple[int, ...] = ()
+    # The default queue policy (Triton's default_queue_policy), flat as config.yaml has always had it.
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # 0 = unbounded, as in Triton
-    default_timeout_microseconds: int = 0  # 0 = no server-side timeout
+    default_timeout_microseconds: int = 0  # 0 = no queue timeout
+    allow_timeout_override: bool = False
+    timeout_action: str = "REJECT"
+    preserve_ordering: bool = False  # answers in the order the requests came
+    priority_levels: int = 0  # 0 = one level; else levels 1 (first served) to priority_levels
+    default_priority_level: int = 0  # the level of a request without a priority (1..priority_levels)
+    priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # (level, its policy), by level
+
+    @property
+    def default_queue_policy(self) -> QueuePolicy:
+        return QueuePolicy(self.max_queue_size, self.default_timeout_microseconds, self.allow_timeout_override,
+                           self.timeout_action)
+
+
+def check_priorities(batching: DynamicBatching, where: str) -> None:
+    """Triton's rules: with priority levels, the default level and every level with a queue policy of its own
+    are among them (1..priority_levels); without, neither is set."""
+    levels = batching.priority_levels
+    own = [level for level, _ in batching.priority_queue_policy]
+    if levels == 0:
+        if batching.default_priority_level or own:
+            raise ConfigError(f"{where}: dynamic_batching: default_priority_level and priority_queue_policy need "
+                              "priority_levels")
+        return
+    if not 1 <= batching.default_priority_level <= levels:
+        raise ConfigError(f"{where}: dynamic_batching.default_priority_level: must be in [1, {levels}] "
+                          f"(priority_levels), got {batching.default_priority_level}")
+    outside = [level for level in own if not 1 <= level <= levels]
+    if outside:
+        raise ConfigError(f"{where}: dynamic_batching.priority_queue_policy: levels {outside} are not in "
+                          f"[1, {levels}] (priority_levels)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +210,7 @@ def parse_model_config(raw: object, where: str, model_name: str) -> ModelConfig:
     if top.raw.get("dynamic_batching") is False:
         batching = None
     elif top.has("dynamic_batching"):
-        batching = _parse_batching(top.section("dynamic_batching", [f.name for f in fields(DynamicBatching)]))
+        batching = _parse_batching(top.section("dynamic_batching", BATCHING_KEYS))
     instances = top.section("instance_group", ["count"]).integer("count", 1, 1)
     providers = None
     if top.has("execution_providers"):
@@ -221,12 +265,51 @@ def _parse_warmup(top: Section) -> tuple[WarmupSample, ...]:
     return tuple(samples)
 
 
+QUEUE_POLICY_KEYS = tuple(f.name for f in fields(QueuePolicy))
+# Triton's keys, with the default queue policy's also flat (config.yaml's own spelling, kept).
+BATCHING_KEYS = ("max_queue_delay_microseconds", "preferred_batch_size", *QUEUE_POLICY_KEYS, "preserve_ordering",
+                 "priority_levels", "default_priority_level", "default_queue_policy", "priority_queue_policy")
+
+
 def _parse_batching(section: Section) -> DynamicBatching:
-    return DynamicBatching(
+    flat = [key for key in QUEUE_POLICY_KEYS if key in section.raw]
+    if flat and section.has("default_queue_policy"):
+        raise ConfigError(f"{section.where}: dynamic_batching: {', '.join(flat)} and default_queue_policy both set "
+                          "the default queue policy; keep one")
+    default = _parse_queue_policy(section.section("default_queue_policy", QUEUE_POLICY_KEYS)
+                                  if section.has("default_queue_policy") else section, DEFAULT_MAX_QUEUE_SIZE)
+    levels = section.raw.get("priority_queue_policy") or {}
+    if not isinstance(levels, dict):
+        raise section.error("priority_queue_policy", "a mapping of priority levels to queue policies")
+    own = []
+    for level, raw in levels.items():
+        if not is_int(level):
+            raise section.error("priority_queue_policy", f"priority levels as integers (got {level!r})")
+        policy = Section(raw, section.where, f"dynamic_batching.priority_queue_policy.{level}", QUEUE_POLICY_KEYS)
+        own.append((level, _parse_queue_policy(policy, DEFAULT_MAX_QUEUE_SIZE)))
+    own.sort(key=lambda item: item[0])
+    batching = DynamicBatching(
         max_queue_delay_microseconds=section.integer("max_queue_delay_microseconds", 0, 0),
         preferred_batch_size=tuple(sorted(set(section.integers("preferred_batch_size", 1, allow_single=True)))),
-        max_queue_size=section.integer("max_queue_size", DEFAULT_MAX_QUEUE_SIZE, 0),
+        max_queue_size=default.max_queue_size,
+        default_timeout_microseconds=default.default_timeout_microseconds,
+        allow_timeout_override=default.allow_timeout_override,
+        timeout_action=default.timeout_action,
+        preserve_ordering=section.boolean("preserve_ordering", False),
+        priority_levels=section.integer("priority_levels", 0, 0),
+        default_priority_level=section.integer("default_priority_level", 0, 0),
+        priority_queue_policy=tuple(own),
+    )
+    check_priorities(batching, section.where)
+    return batching
+
+
+def _parse_queue_policy(section: Section, default_max_queue_size: int) -> QueuePolicy:
+    return QueuePolicy(
+        max_queue_size=section.integer("max_queue_size", default_max_queue_size, 0),
         default_timeout_microseconds=section.integer("default_timeout_microseconds", 0, 0),
+        allow_timeout_override=section.boolean("allow_timeout_override", False),
+        timeout_action=section.choice("timeout_action", "REJECT", TIMEOUT_ACTIONS),
     )
 
 

@@ -18,11 +18,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from onnx_serve.core.autocomplete import complete
-from onnx_serve.core.batching import Batcher, BatchPolicy
+from onnx_serve.core.batching import Batcher
 from onnx_serve.core.errors import ConfigError, InvalidArgument, NotFound, ServeError, Unavailable
 from onnx_serve.core.metrics import Metrics, bounded
-from onnx_serve.core.model_config import DEFAULT_MAX_QUEUE_SIZE, ModelConfig
+from onnx_serve.core.model_config import ModelConfig
+from onnx_serve.core.model_control import Poller, check_requests_allowed, startup_models
 from onnx_serve.core.runtime import RunnerPool, SessionPlan, create_session, instance_devices, signature_of
+from onnx_serve.core.scheduling import BatchPolicy, batch_policy
 from onnx_serve.core.settings import Settings, default_intra_op_threads
 from onnx_serve.core.triton_config import read_model_config
 from onnx_serve.core.version import Model, ModelVersion, State, VersionObserver
@@ -42,6 +44,7 @@ class Repository:
         self.models: dict[str, Model] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.listeners: list[Callable[[], Awaitable[None]]] = []  # told after every load and unload
+        self._poller: Poller | None = None  # --model-control-mode poll, once load_all has started it
 
     async def _changed(self) -> None:
         for listener in self.listeners:
@@ -55,11 +58,26 @@ class Repository:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     async def load_all(self) -> None:
-        await asyncio.gather(*(self.load(name) for name in self.scan()))
+        """The start-up load, as --model-control-mode says (core/model_control.py); in poll mode it then starts
+        polling the repository."""
+        if self.settings.model_control_mode == "poll":
+            self._poller = Poller(self, self.settings.repository_poll_s)
+            names = await self._poller.snapshot()
+        else:
+            names = self.scan()
+        chosen, missing = startup_models(self.settings, names)
+        for name in missing:  # the CLI refuses to start with these; a Server made in Python logs them
+            log.error("--load-model %s: not in the model repository %s", name, self.root)
+        await asyncio.gather(*(self.load(name) for name in chosen))
+        if self._poller is not None:
+            self._poller.start()
 
     async def reload_all(self) -> None:
-        """SIGHUP: reload every model present on disk, unload the ones that disappeared."""
+        """SIGHUP: reload every model present on disk (under --model-control-mode explicit, every loaded one),
+        unload the ones that disappeared."""
         names = set(self.scan())
+        if self.settings.model_control_mode == "explicit":
+            names &= set(self.models)
         await asyncio.gather(*(self.unload(name) for name in set(self.models) - names))
         await asyncio.gather(*(self.load(name) for name in sorted(names)))
 
@@ -173,6 +191,8 @@ class Repository:
                                if kept.get(n) is not v))
 
     async def close(self) -> None:
+        if self._poller is not None:
+            await self._poller.stop()
         for name in list(self.models):
             await self.unload(name)
 
@@ -241,7 +261,7 @@ class Repository:
         if model is None:
             if self.on_disk(name):  # in the repository but unloaded (or not loaded yet)
                 raise Unavailable(f"model '{name}' is not loaded")
-            raise NotFound(f"unknown model '{name}'" if name else "no model name given")
+            raise unknown_model(name) if name else NotFound("no model name given")
         if version:
             if not VERSION_NUMBER.fullmatch(version):
                 raise InvalidArgument(f"model_version '{version}' is not a version number")
@@ -286,7 +306,22 @@ class Repository:
                     yield name, str(number), version.state, version.reason
 
     def all_ready(self) -> bool:
-        return bool(self.models) and all(m.state is State.READY for m in self.models.values())
+        # Under explicit control, loading nothing at start is a choice, not a failure (Triton is ready then).
+        loaded_some = bool(self.models) or self.settings.model_control_mode == "explicit"
+        return loaded_some and all(m.state is State.READY for m in self.models.values())
+
+    def check_control_requests(self) -> None:
+        """Raises Unavailable when --model-control-mode refuses load and unload requests (none, poll)."""
+        check_requests_allowed(self.settings)
+
+    def directory(self, name: str) -> Path:
+        """Where model `name` lives: its directory, or the root itself in the single-model layout."""
+        return self.root if name == self._single_model() else self.root / name
+
+
+def unknown_model(name: str) -> NotFound:
+    # Triton's words: its clients check that the message starts "Request for unknown model".
+    return NotFound(f"Request for unknown model: '{name}' is not found")
 
 
 def _check_preprocess_fits(version: ModelVersion) -> None:
@@ -303,16 +338,5 @@ def _check_preprocess_fits(version: ModelVersion) -> None:
 
 
 def _policy(version: ModelVersion) -> BatchPolicy:
-    batching = version.config.dynamic_batching
-    if batching is None:
-        return BatchPolicy(max_batch_size=version.max_batch_size, max_queue_size=DEFAULT_MAX_QUEUE_SIZE,
-                           split_oversized=version.config.oversized_request == "split")
-    return BatchPolicy(
-        max_batch_size=version.max_batch_size,
-        dynamic=version.max_batch_size > 0,
-        max_queue_delay_ns=batching.max_queue_delay_microseconds * 1000,
-        preferred_batch_sizes=batching.preferred_batch_size,
-        max_queue_size=batching.max_queue_size,
-        default_timeout_ns=batching.default_timeout_microseconds * 1000,
-        split_oversized=version.config.oversized_request == "split",
-    )
+    return batch_policy(version.config.dynamic_batching, version.max_batch_size,
+                        split_oversized=version.config.oversized_request == "split")

@@ -85,6 +85,16 @@ def parse_provider_names(text: str) -> tuple[str, ...]:
     return tuple(provider_name(name) for name in text.split(",") if name.strip())
 
 
+def parse_model_names(text: str) -> tuple[str, ...]:
+    """A comma-separated list of model names (a variable; the flag is given once per model)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_control_mode(text: str) -> str | None:
+    """Triton spells the mode in any case (--model-control-mode=EXPLICIT); empty means not given."""
+    return text.strip().lower() or None
+
+
 PARSERS: dict[object, Callable[[str], Any]] = {
     bool: parse_bool,
     int: parse_int,
@@ -108,15 +118,18 @@ class SettingDoc:
     choices: tuple[str, ...] = ()
     shown_default: str | None = None  # for defaults whose value reads badly (None meaning "same as --host")
     parse: Callable[[str], Any] | None = None  # None: PARSERS of the field's type
+    aliases: tuple[str, ...] = ()  # more flags with the same meaning (Triton's names), without the dashes
+    repeatable: bool = False  # a tuple field: the flag is given once per item (its variable: comma-separated)
 
 
 _DOC_KEY = "onnx_serve.setting"
 
 
 def setting_doc(help: str, *, flag: str | None = None, unit: str | None = None, choices: tuple[str, ...] = (),
-                shown_default: str | None = None, parse: Callable[[str], Any] | None = None) -> dict[str, SettingDoc]:
+                shown_default: str | None = None, parse: Callable[[str], Any] | None = None,
+                aliases: tuple[str, ...] = (), repeatable: bool = False) -> dict[str, SettingDoc]:
     """The `metadata` of a Settings field (see SettingDoc)."""
-    return {_DOC_KEY: SettingDoc(help, flag, unit, choices, shown_default, parse)}
+    return {_DOC_KEY: SettingDoc(help, flag, unit, choices, shown_default, parse, aliases, repeatable)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +142,23 @@ class Settings:
         "name of the one model in a repository laid out as a single model's directory (<repository>/1/model.onnx, "
         "its config beside 1/: how KServe's storage initializer fills /mnt/models); a repository of model "
         "directories serves each under its directory's name, as without it", shown_default="none"))
+    # Triton's model control (see README.md, Coming from Triton); core/repository.py applies it.
+    model_control_mode: str | None = field(default=None, metadata=setting_doc(
+        "Triton's model control: none loads every model at start and refuses load/unload requests; explicit "
+        "loads the --load-model models at start, then only what load/unload requests ask; poll loads every model "
+        "at start, then what changes on disk every --repository-poll-secs (a failed reload keeps what serves). "
+        "Not given: every model at start, and load/unload requests allowed", choices=("none", "poll", "explicit"),
+        shown_default="all at start, load/unload allowed", parse=parse_control_mode))
+    load_model: tuple[str, ...] = field(default=(), metadata=setting_doc(
+        "with --model-control-mode explicit, a model to load at start; repeat it for more, or give * (alone) for "
+        "all of them; ignored in the other modes, as Triton does", shown_default="none", parse=parse_model_names,
+        repeatable=True))
+    repository_poll_s: float = field(default=15.0, metadata=setting_doc(
+        "with --model-control-mode poll, time between two looks at the model repository; 0 = never after start",
+        flag="repository-poll-secs", unit="seconds"))
+    strict_readiness: bool = field(default=True, metadata=setting_doc(
+        "server readiness (health, ServerReady, /v2/health/ready) needs every loaded model READY; off: ready once "
+        "started, whatever the models (Triton's --strict-readiness=false)"))
     host: str = field(default="0.0.0.0", metadata=setting_doc(
         "address the gRPC server (and, unless --http-host, the HTTP server) binds to"))
     grpc_port: int = field(default=8001, metadata=setting_doc("gRPC port; 0 picks a free port (logged)"))
@@ -146,12 +176,15 @@ class Settings:
         "address the metrics server binds to", shown_default="--host"))
     log_level: str = field(default="info", metadata=setting_doc(
         "log verbosity", choices=("debug", "info", "warning", "error")))
+    log_verbose: int = field(default=0, metadata=setting_doc(
+        "Triton's verbose logging: 1 or more logs at debug level, whatever --log-level says; 0 = off"))
     log_format: str = field(default="text", metadata=setting_doc(
         "log line format; json writes one object per line", choices=("text", "json")))
     access_log: bool = field(default=False, metadata=setting_doc("log one line per request at INFO"))
     grace_period_s: float = field(default=30.0, metadata=setting_doc(
         "time in-flight requests get to finish after SIGTERM or SIGINT, once the drain delay is over; the process "
-        "exits within drain delay + grace period + 1 s whatever clients do", flag="grace-period", unit="seconds"))
+        "exits within drain delay + grace period + 1 s whatever clients do", flag="grace-period", unit="seconds",
+        aliases=("exit-timeout-secs",)))
     drain_delay_s: float = field(default=5.0, metadata=setting_doc(
         "after SIGTERM or SIGINT, time health reports NOT_SERVING while requests are still served, so that load "
         "balancers (Kubernetes endpoints) stop sending before new requests are refused", flag="drain-delay",
@@ -215,7 +248,8 @@ class Settings:
         "'authorization: Bearer <token>'"))
     tracing: bool = field(default=False, metadata=setting_doc(
         "OpenTelemetry spans per request (queue, preprocess, inference), exported as the OTEL_* variables say; "
-        "needs the tracing extra (pip install \".[tracing]\")"))
+        "needs the tracing extra (.venv/bin/pip install \".[tracing]\"); on Kubernetes, add "
+        "deploy/k8s/components/tracing-egress, since the NetworkPolicy allows no egress"))
 
     @property
     def metrics_bind_host(self) -> str:
@@ -224,6 +258,16 @@ class Settings:
     @property
     def http_bind_host(self) -> str:
         return self.http_host or self.host
+
+    def __post_init__(self) -> None:
+        # Triton's rules for its flags, checked wherever Settings come from (flags, variables, Python).
+        if "*" in self.load_model and len(self.load_model) > 1:
+            raise SettingError("--load-model: '*' (every model) must be the only --load-model, as Triton requires")
+        if self.repository_poll_s < 0:
+            raise SettingError(f"--repository-poll-secs: expected a number of seconds >= 0, got "
+                               f"{self.repository_poll_s:g}")
+        if self.log_verbose < 0:
+            raise SettingError(f"--log-verbose: expected a level >= 0, got {self.log_verbose}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,10 +283,17 @@ class SettingSpec:
     choices: tuple[str, ...]
     shown_default: str | None
     parser: Callable[[str], Any]
+    aliases: tuple[str, ...] = ()  # more flags, without the leading dashes
+    repeatable: bool = False
 
     @property
     def option(self) -> str:
         return "--" + self.flag
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The flag and its aliases."""
+        return (self.option, *("--" + alias for alias in self.aliases))
 
     @property
     def env(self) -> str:
@@ -254,7 +305,7 @@ class SettingSpec:
 
     def parse(self, text: str) -> Any:
         value = self.parser(text)
-        if self.choices and value not in self.choices:
+        if self.choices and value is not None and value not in self.choices:
             raise SettingError(f"invalid choice {text!r} (choose from {', '.join(self.choices)})")
         return value
 
@@ -291,7 +342,8 @@ def _specs() -> tuple[SettingSpec, ...]:
             raise TypeError(f"Settings.{item.name}: no parser for {value_type}; pass setting(parse=...)")
         specs.append(SettingSpec(
             name=item.name, value_type=value_type, default=item.default, flag=doc.flag or item.name.replace("_", "-"),
-            help=doc.help, unit=doc.unit, choices=doc.choices, shown_default=doc.shown_default, parser=parser))
+            help=doc.help, unit=doc.unit, choices=doc.choices, shown_default=doc.shown_default, parser=parser,
+            aliases=doc.aliases, repeatable=doc.repeatable))
     return tuple(specs)
 
 
@@ -321,7 +373,8 @@ def markdown_table() -> str:
     rows = ["| flag | default | meaning |", "|---|---|---|"]
     for spec in SETTINGS:
         meaning = spec.help + (f" ({', '.join(f'`{choice}`' for choice in spec.choices)})" if spec.choices else "")
-        rows.append(f"| `{spec.option}` | {_markdown_default(spec)} | {meaning.replace('|', '&#124;')} |")
+        flags = ", ".join(f"`{option}`" for option in spec.options)
+        rows.append(f"| {flags} | {_markdown_default(spec)} | {meaning.replace('|', '&#124;')} |")
     return "\n".join(rows) + "\n"
 
 

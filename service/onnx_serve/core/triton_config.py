@@ -25,11 +25,13 @@ from onnx_serve.core.model_config import (
     DynamicBatching,
     InstanceGroup,
     ModelConfig,
+    QueuePolicy,
     SessionConfig,
     TensorConfig,
     VersionPolicy,
     WarmupInput,
     WarmupSample,
+    check_priorities,
     load_model_config,
 )
 from onnx_serve.protos.inference import model_config_pb2 as mc
@@ -50,9 +52,11 @@ FIELDS: dict[str, str | tuple[str, str]] = {
         "output", "output.name", "output.data_type", "output.dims", "output.reshape", "output.reshape.shape",
         "output.label_filename",
         "dynamic_batching", "dynamic_batching.preferred_batch_size", "dynamic_batching.max_queue_delay_microseconds",
-        "dynamic_batching.default_queue_policy", "dynamic_batching.default_queue_policy.max_queue_size",
-        "dynamic_batching.default_queue_policy.default_timeout_microseconds",
-        "dynamic_batching.default_queue_policy.allow_timeout_override",
+        "dynamic_batching.preserve_ordering", "dynamic_batching.priority_levels",
+        "dynamic_batching.default_priority_level", "dynamic_batching.default_queue_policy",
+        "dynamic_batching.priority_queue_policy",
+        *(f"dynamic_batching.{policy}.{key}" for policy in ("default_queue_policy", "priority_queue_policy")
+          for key in ("max_queue_size", "default_timeout_microseconds", "allow_timeout_override", "timeout_action")),
         "instance_group", "instance_group.name", "instance_group.kind", "instance_group.count",
         "instance_group.gpus",
         "optimization", "optimization.graph", "optimization.graph.level", "optimization.execution_accelerators",
@@ -67,7 +71,9 @@ FIELDS: dict[str, str | tuple[str, str]] = {
         "model_transaction_policy",
     ), HONOURED),
     "runtime": ("refuse", "onnx-serve runs ONNX Runtime in-process; there is no backend library to choose"),
-    "input.optional": ("refuse", f"{NOT_YET}: every request must carry every input"),
+    # ONNX Runtime runs without an input only when the graph gives it a default (an initializer that is also a
+    # graph input), and onnx-serve does not serve those as inputs; a graph input without one cannot be left out.
+    "input.optional": ("refuse", f"{NOT_YET}: every request must carry every input of the graph"),
     "input.is_shape_tensor": ("refuse", "shape tensors are a TensorRT-plan feature, not served"),
     "output.is_shape_tensor": ("refuse", "shape tensors are a TensorRT-plan feature, not served"),
     "input.allow_ragged_batch": ("refuse", "ragged batching is not supported"),
@@ -77,12 +83,6 @@ FIELDS: dict[str, str | tuple[str, str]] = {
     "batch_output": ("refuse", "batch outputs are not supported"),
     "sequence_batching": ("refuse", "stateful (sequence) models are not supported"),
     "ensemble_scheduling": ("refuse", "ensembles are not supported"),
-    "dynamic_batching.preserve_ordering": ("refuse", NOT_YET),
-    "dynamic_batching.priority_levels": ("refuse", NOT_YET),
-    "dynamic_batching.default_priority_level": ("refuse", NOT_YET),
-    "dynamic_batching.priority_queue_policy": ("refuse", NOT_YET),
-    "dynamic_batching.default_queue_policy.timeout_action": ("refuse", f"{NOT_YET} (a request past its timeout "
-                                                                      "is always rejected)"),
     "instance_group.secondary_devices": ("refuse", "secondary devices are not supported"),
     "instance_group.passive": ("refuse", "passive instances are not supported: every instance serves"),
     "instance_group.rate_limiter": ("warn", "there is no rate limiter; instances run whenever a batch is ready"),
@@ -154,16 +154,13 @@ def parse_triton_config(text: str, where: str, model_name: str) -> ModelConfig:
     declared = bool(message.input) and bool(message.output)
     # Without both inputs and outputs the graph completes the config, and 0 means "not given" (Triton's rule).
     max_batch_size = message.max_batch_size if declared or message.max_batch_size else None
-    batching = message.dynamic_batching if message.HasField("dynamic_batching") else None
+    batching = (dynamic_batching_of(message.dynamic_batching, where) if message.HasField("dynamic_batching")
+                else None)
     groups = _instance_groups(message, where, model_name)
     return ModelConfig(
         triton=True,
         max_batch_size=max_batch_size,
-        dynamic_batching=None if batching is None else DynamicBatching(
-            max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
-            preferred_batch_size=tuple(sorted(set(batching.preferred_batch_size))),
-            max_queue_size=batching.default_queue_policy.max_queue_size,  # 0 = unbounded, as Triton
-            default_timeout_microseconds=batching.default_queue_policy.default_timeout_microseconds),
+        dynamic_batching=batching,
         instance_count=sum(g.count or 1 for g in groups),
         instance_groups=groups,
         version_policy=_version_policy(message.version_policy, where),
@@ -385,3 +382,49 @@ def _warmup(sample: Any, where: str) -> WarmupSample:
         inputs.append((name, WarmupInput(TRITON_TYPES[type_name], tuple(given.dims), source,
                                          given.input_data_file)))
     return WarmupSample(sample.name, sample.batch_size, tuple(inputs), sample.count)
+
+
+def dynamic_batching_of(batching: Any, where: str) -> DynamicBatching:
+    """A config.pbtxt's dynamic_batching (`where`: the file, for errors)."""
+    default = _queue_policy(batching.default_queue_policy)
+    parsed = DynamicBatching(
+        max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
+        preferred_batch_size=tuple(sorted(set(batching.preferred_batch_size))),
+        max_queue_size=default.max_queue_size,  # 0 = unbounded, as Triton
+        default_timeout_microseconds=default.default_timeout_microseconds,
+        allow_timeout_override=default.allow_timeout_override,
+        timeout_action=default.timeout_action,
+        preserve_ordering=batching.preserve_ordering,
+        priority_levels=batching.priority_levels,
+        default_priority_level=batching.default_priority_level,
+        priority_queue_policy=tuple(sorted((level, _queue_policy(policy))
+                                           for level, policy in batching.priority_queue_policy.items())),
+    )
+    check_priorities(parsed, where)
+    return parsed
+
+
+def _queue_policy(policy: Any) -> QueuePolicy:
+    return QueuePolicy(policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override,
+                       mc.ModelQueuePolicy.TimeoutAction.Name(policy.timeout_action))
+
+
+def dynamic_batching_message(batching: DynamicBatching) -> mc.ModelDynamicBatching:
+    """`dynamic_batching` as ModelConfig answers it: every knob, with the queue policies (the default one as
+    Triton fills it in, always)."""
+    out = mc.ModelDynamicBatching(preferred_batch_size=batching.preferred_batch_size,
+                                  max_queue_delay_microseconds=batching.max_queue_delay_microseconds,
+                                  preserve_ordering=batching.preserve_ordering,
+                                  priority_levels=batching.priority_levels,
+                                  default_priority_level=batching.default_priority_level)
+    out.default_queue_policy.CopyFrom(_queue_policy_message(batching.default_queue_policy))
+    for level, policy in batching.priority_queue_policy:
+        out.priority_queue_policy[level].CopyFrom(_queue_policy_message(policy))
+    return out
+
+
+def _queue_policy_message(policy: QueuePolicy) -> mc.ModelQueuePolicy:
+    return mc.ModelQueuePolicy(timeout_action=policy.timeout_action,  # the enum value's name
+                               default_timeout_microseconds=policy.default_timeout_microseconds,
+                               allow_timeout_override=policy.allow_timeout_override,
+                               max_queue_size=policy.max_queue_size)

@@ -14,7 +14,14 @@ from onnx_serve.imaging.config import (
     parse_postprocess,
     parse_preprocess,
 )
-from onnx_serve.imaging.decode import ImageLimits, decode_image, image_from_pixels, to_standard_mode
+from onnx_serve.imaging.decode import (
+    LARGE_IMAGE_PIXELS,
+    ImageLimits,
+    decode_image,
+    image_from_pixels,
+    stored_pixels,
+    to_standard_mode,
+)
 from onnx_serve.imaging.framing import frame_by_mass
 from onnx_serve.imaging.pipeline import decode_and_preprocess
 from onnx_serve.imaging.postprocess import load_labels, top_k
@@ -22,7 +29,8 @@ from onnx_serve.imaging.preprocess import preprocess, reduction_factor, shorter_
 from onnx_serve.types import Prediction
 
 __all__ = [
-    "DecodingBudget", "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig", "decode_and_preprocess",
-    "decode_image", "frame_by_mass", "image_from_pixels", "load_labels", "parse_limits", "parse_postprocess",
-    "parse_preprocess", "preprocess", "reduction_factor", "shorter_side_geometry", "to_standard_mode", "top_k",
+    "LARGE_IMAGE_PIXELS", "DecodingBudget", "ImageLimits", "PostprocessConfig", "Prediction", "PreprocessConfig",
+    "decode_and_preprocess", "decode_image", "frame_by_mass", "image_from_pixels", "load_labels", "parse_limits",
+    "parse_postprocess", "parse_preprocess", "preprocess", "reduction_factor", "shorter_side_geometry", "stored_pixels",
+    "to_standard_mode", "top_k",
 ]  # fmt: skip

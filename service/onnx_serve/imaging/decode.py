@@ -307,3 +307,17 @@ def _pillow_bomb_reason(exc: Exception, limits: ImageLimits) -> str:
     match = _PILLOW_BOMB_PIXELS.search(str(exc))
     pixels = match.group(1) if match else "too many"
     return f"image is {pixels} pixels, above the limit of {limits.max_image_pixels} (decompression bomb)"
+
+
+LARGE_IMAGE_PIXELS = 4_000_000  # above this an image decodes in the large-image lane (DataPlane): ~0.1 s and more
+
+
+def stored_pixels(data: bytes | bytearray | memoryview) -> int:
+    """Width x height from the header alone (Pillow opens lazily: microseconds), or 0 when it cannot be read; the
+    decode that follows reports why."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.width * image.height)
+    except Exception:  # any unreadable header: the real decode gives the reason
+        return 0
+

@@ -1,17 +1,21 @@
 """A Triton model repository served as it is (config.pbtxt files), driven with tritonclient.grpc the way
 Triton's own Python example clients (src/python/examples in triton-inference-server/client) drive it: the
-simple_* infer, string, health-metadata, custom-args and keepalive clients and image_client.py, each of their
-calls made here in our own code and answers checked against in-process ONNX Runtime. Also ModelConfig field by
-field, and the classification extension."""
+simple_* infer, string, health-metadata, custom-args, keepalive, async and aio clients, the grpc_explicit_*
+content clients, grpc_client.py and image_client.py, each of their calls made here in our own code and answers
+checked against in-process ONNX Runtime. Also ModelConfig field by field, the classification extension, a
+priority request overtaking the queue, and each queue policy action."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import queue
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -19,16 +23,18 @@ import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
 import tritonclient.grpc.model_config_pb2 as mc
 from PIL import Image
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
 from tests.helpers.inprocess import InProcessServer, connection_fixture, in_process_server, server_fixture
 from tests.helpers.serving import add_model
 from tests.helpers.triton_examples import CLASSES, triton_repository
+from tests.helpers.triton_scheduling import SHORT_TIMEOUT_US, busy, instant, scheduling_repository
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return triton_repository(tmp_path_factory.mktemp("triton"))
+    return scheduling_repository(triton_repository(tmp_path_factory.mktemp("triton")))
 
 
 server = server_fixture()
@@ -83,7 +89,7 @@ def test_health_metadata_calls(client: triton.InferenceServerClient) -> None:
                                                                            ("INPUT1", "INT32", [-1, 16])]
     with pytest.raises(InferenceServerException) as excinfo:
         client.get_model_metadata("wrong_model_name")
-    assert "unknown model 'wrong_model_name'" in excinfo.value.message()
+    assert excinfo.value.message().startswith("Request for unknown model: 'wrong_model_name'")
     assert client.get_model_config("simple").config.name == "simple"
 
 
@@ -336,3 +342,123 @@ def test_a_refused_platform_and_both_configs_beside_a_working_model(mixed_reposi
         with pytest.raises(InferenceServerException) as excinfo:
             mixed.infer("graphdef", [])
         assert "tensorflow_graphdef" in excinfo.value.message()
+
+
+# ---------------------------------------------- the grpc_explicit_* clients and grpc_client.py (raw stubs)
+
+
+@pytest.fixture(scope="module")
+def stub(server: InProcessServer) -> Iterator[service_pb2_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.url) as channel:
+        yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+
+def explicit_request(model: str, fill: Callable[[Any, int, int], None]) -> service_pb2.ModelInferRequest:
+    """INPUT0 = 0..15, INPUT1 = ones, given in typed contents (`fill(contents, index, value)`)."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, values in (("INPUT0", range(16)), ("INPUT1", [1] * 16)):
+        tensor = request.inputs.add(name=name, shape=[1, 16])
+        for i, value in enumerate(values):
+            fill(tensor, i, value)
+    request.outputs.add(name="OUTPUT0")
+    request.outputs.add(name="OUTPUT1")
+    return request
+
+
+def test_typed_contents_as_the_explicit_content_clients(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    def ints(tensor: Any, i: int, value: int, datatype: str = "INT32") -> None:
+        tensor.datatype = datatype
+        tensor.contents.int_contents.append(value)
+
+    def text(tensor: Any, i: int, value: int) -> None:
+        tensor.datatype = "BYTES"
+        tensor.contents.bytes_contents.append(str(value).encode())
+
+    for model, fill, dtype in (("simple", ints, np.int32),
+                               ("simple_int8", lambda t, i, v: ints(t, i, v, "INT8"), np.int8)):
+        response = stub.ModelInfer(explicit_request(model, fill))
+        sums, differences = (np.frombuffer(raw, dtype=dtype) for raw in response.raw_output_contents)
+        assert sums.tolist() == [i + 1 for i in range(16)] and differences.tolist() == [i - 1 for i in range(16)]
+    response = stub.ModelInfer(explicit_request("simple_string", text))
+    assert [int(x) for x in deserialize_bytes_tensor(response.raw_output_contents[0])] == list(range(1, 17))
+    assert [int(x) for x in deserialize_bytes_tensor(response.raw_output_contents[1])] == list(range(-1, 15))
+
+
+def test_raw_contents_and_health_as_grpc_client(stub: service_pb2_grpc.GRPCInferenceServiceStub) -> None:
+    assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
+    assert stub.ServerReady(service_pb2.ServerReadyRequest()).ready
+    assert stub.ModelReady(service_pb2.ModelReadyRequest(name="densenet_onnx")).ready
+    assert stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="densenet_onnx")).name == "densenet_onnx"
+    assert stub.ModelConfig(service_pb2.ModelConfigRequest(name="densenet_onnx")).config.max_batch_size == 0
+    request = service_pb2.ModelInferRequest(model_name="densenet_onnx", id="my request id")
+    request.inputs.add(name="data_0", datatype="FP32", shape=[3, 224, 224])
+    request.outputs.add(name="fc6_1")
+    request.raw_input_contents.append(b"a" * (3 * 224 * 224 * 4))
+    response = stub.ModelInfer(request)
+    assert response.id == "my request id" and list(response.outputs[0].shape) == [CLASSES]
+    assert len(response.raw_output_contents[0]) == CLASSES * 4
+
+
+# --------------------------------------------------------------------- priorities and queue policies
+
+
+def spin_input(data: np.ndarray) -> list[triton.InferInput]:
+    given = triton.InferInput("x", list(data.shape), "FP32")
+    given.set_data_from_numpy(data)
+    return [given]
+
+
+def two_at_once(server: InProcessServer, model: str, **options: Any) -> list[Any]:
+    """Two requests that each keep the model's one instance busy, sent together: one waits in the queue."""
+    async def run() -> list[Any]:
+        async with triton_aio.InferenceServerClient(server.url) as aio:
+            return await asyncio.gather(*(aio.infer(model, spin_input(busy()), **options) for _ in range(2)),
+                                        return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def failures(outcomes: list[Any]) -> list[InferenceServerException]:
+    return [o for o in outcomes if isinstance(o, BaseException)]
+
+
+def test_reject_answers_a_queued_request_unavailable_as_triton(server: InProcessServer) -> None:
+    [refused] = failures(two_at_once(server, "reject"))
+    assert isinstance(refused, InferenceServerException)
+    assert refused.status() == "StatusCode.UNAVAILABLE" and refused.message().startswith("Request timeout expired")
+
+
+def test_delay_serves_a_timed_out_request_later(server: InProcessServer) -> None:
+    assert failures(two_at_once(server, "delay")) == []
+
+
+def test_a_request_timeout_is_ignored_where_the_policy_does_not_allow_overrides(server: InProcessServer) -> None:
+    assert failures(two_at_once(server, "no_override", timeout=SHORT_TIMEOUT_US)) == []
+    [refused] = failures(two_at_once(server, "override", timeout=SHORT_TIMEOUT_US))
+    assert "Request timeout expired" in str(refused)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.002)
+
+
+def test_a_priority_request_overtakes_the_queue(server: InProcessServer, client: triton.InferenceServerClient
+                                                ) -> None:
+    batcher = server.server.repository.get("prioritised").batcher
+    assert batcher is not None
+    answered: queue.Queue[str] = queue.Queue()
+
+    def send(name: str, data: np.ndarray, priority: int) -> None:
+        client.async_infer("prioritised", spin_input(data), lambda result, error: answered.put(name if error is None
+                                                                                              else repr(error)),
+                           priority=priority)
+
+    send("running", busy(), 0)
+    wait_for(lambda: batcher._batches_running == 1)  # it holds the model's one instance
+    send("low", instant(), 2)
+    send("high", instant(), 1)
+    wait_for(lambda: batcher.queue_depth == 2)
+    assert [answered.get(timeout=10) for _ in range(3)] == ["running", "high", "low"]

@@ -180,7 +180,7 @@ def test_unknown_routes_and_wrong_methods(server: InProcessServer) -> None:
     refused(call(port, "GET", "/v1/models/add"), 404)
     refused(call(port, "GET", "/v2/models/add/versions/1/bogus"), 404)
     refused(call(port, "GET", "/v2/"), 404)
-    refused(call(port, "GET", "/v2/models/no_such_model"), 404, "unknown model 'no_such_model'")
+    refused(call(port, "GET", "/v2/models/no_such_model"), 404, "Request for unknown model: 'no_such_model'")
     answer = call(port, "GET", INFER)
     refused(answer, 405, "not allowed", "POST")
     assert answer.headers["allow"] == "POST"

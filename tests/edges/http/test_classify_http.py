@@ -125,7 +125,7 @@ def test_models_that_cannot_classify(server: InProcessServer, images: dict[str, 
     status, answer = curl("--data-binary", f"@{images['png']}", url(server, model="add"))
     assert status == 400 and "no preprocess section" in answer["error"]
     status, answer = curl("--data-binary", f"@{images['png']}", url(server, model="nope"))
-    assert status == 404 and "unknown model 'nope'" in answer["error"]
+    assert status == 404 and "Request for unknown model: 'nope'" in answer["error"]
 
 
 def test_metrics_count_http_classify(server: InProcessServer, images: dict[str, Path]) -> None:

@@ -95,11 +95,14 @@ def test_model_metadata_and_config(client: httpclient.InferenceServerClient) -> 
     assert client.get_model_metadata("mnist-cnn", "1") == metadata
     config = client.get_model_config("mnist-cnn")
     assert (config["name"], config["platform"], config["max_batch_size"]) == ("mnist-cnn", "onnxruntime_onnx", 64)
-    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 28, 28]}]
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [1, 28, 28],
+                                "is_shape_tensor": False, "allow_ragged_batch": False, "optional": False,
+                                "is_non_linear_format_io": False}]  # defaults printed, as Triton does
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     with pytest.raises(InferenceServerException) as excinfo:
         client.get_model_metadata("no_such_model")
-    assert excinfo.value.status() == "404" and "unknown model 'no_such_model'" in excinfo.value.message()
+    assert excinfo.value.status() == "404"
+    assert "Request for unknown model: 'no_such_model' is not found" in excinfo.value.message()
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

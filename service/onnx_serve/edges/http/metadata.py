@@ -34,7 +34,8 @@ def model_metadata(metadata: ModelMetadata) -> dict[str, Any]:
 
 def model_config(version: ModelVersion) -> dict[str, Any]:
     """Triton's model configuration JSON: the ModelConfig message the gRPC edge answers, as Triton writes it
-    (proto field names, enums by name, 64-bit integers as numbers, fields left at their default omitted)."""
+    (proto field names, enums by name, 64-bit integers as numbers, every primitive, repeated and map field even
+    at its default, sub-messages and oneof members only when set)."""
     return message_json(model_config_proto(version))
 
 
@@ -71,8 +72,14 @@ def repository_index(entries: list[IndexEntry]) -> list[dict[str, str]]:
 
 
 def message_json(message: Message) -> dict[str, Any]:
+    """Protobuf's JSON with always_print_primitive_fields, as Triton prints configs: clients read fields such as
+    max_batch_size (0 for a model that does not batch) without checking that they are there."""
     out: dict[str, Any] = {}
-    for field, value in message.ListFields():
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        is_message = field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated
+        if (is_message or field.containing_oneof is not None) and not message.HasField(field.name):
+            continue
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             out[field.name] = {key: _value(value_field, item) for key, item in value.items()}
