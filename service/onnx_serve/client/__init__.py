@@ -1,5 +1,5 @@
-"""The typed onnx-serve client (sync and asyncio) and its `onnx-serve classify` CLI. It imports nothing of the
-server, so applications install and import it without onnxruntime being loaded.
+"""The typed onnx-serve client (sync and asyncio) and its `onnx-serve classify`, `health` and `models` commands.
+It imports nothing of the server, so applications install and import it without onnxruntime being loaded.
 
     from onnx_serve import Client
 
@@ -13,11 +13,12 @@ from onnx_serve.client.messages import (
     DEFAULT_URL,
     ClientError,
     ModelMetadata,
+    ModelState,
     Prediction,
     StreamResult,
     TensorMetadata,
 )
 from onnx_serve.types import TensorSpec
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_URL", "AsyncClient", "Client", "ClientError", "ModelMetadata", "Prediction",
-           "StreamResult", "TensorMetadata", "TensorSpec"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_URL", "AsyncClient", "Client", "ClientError", "ModelMetadata", "ModelState",
+           "Prediction", "StreamResult", "TensorMetadata", "TensorSpec"]

@@ -34,22 +34,39 @@ def add_classify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "and print each one's top predictions. Exit status: 0 all classified, 1 some image failed, 2 server "
         "unusable (unreachable, unknown model, rejected token).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", type=Path, help="image files")
-    parser.add_argument("--url", default=os.environ.get("ONNX_SERVE_URL", DEFAULT_URL),
-                        help="server address: HOST:PORT, https://HOST:PORT or dns:///NAME:PORT "
-                        "(default: %(default)s) [env ONNX_SERVE_URL]")
+    add_url_argument(parser)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name (default: %(default)s)")
     parser.add_argument("--model-version", default="", help="model version (default: the latest ready one)")
     parser.add_argument("--top-k", type=_positive_int, default=None,
                         help="predictions per image (default: the model's configured top_k)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per image and line")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for all the answers")
+    add_connection_arguments(parser)
+    parser.set_defaults(func=run_classify)
+
+
+def add_url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=os.environ.get("ONNX_SERVE_URL", DEFAULT_URL),
+                        help="server address: HOST:PORT, https://HOST:PORT or dns:///NAME:PORT "
+                        "(default: %(default)s) [env ONNX_SERVE_URL]")
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The token and TLS options every command that talks to a server takes (read by open_client)."""
     parser.add_argument("--token-file", type=Path, help="file holding the bearer token (first non-blank line)")
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     parser.add_argument("--tls-ca", type=Path, help="PEM CA bundle to verify the server with (turns TLS on)")
     parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mutual TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--tls-server-name", help="name to expect in the server's certificate")
-    parser.set_defaults(func=run_classify)
+
+
+def open_client(args: argparse.Namespace) -> Client:
+    """The Client of --url, --timeout and the connection options; OSError/ValueError for a file that cannot be
+    read or options that do not go together."""
+    return Client(args.url, tls=args.tls or None, root_certificates=args.tls_ca, client_cert=args.tls_cert,
+                  client_key=args.tls_key, tls_server_name=args.tls_server_name,
+                  token=_read_token(args.token_file) if args.token_file else None, timeout=args.timeout)
 
 
 def _positive_int(text: str) -> int:
@@ -62,9 +79,7 @@ def _positive_int(text: str) -> int:
 def run_classify(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        client = Client(args.url, tls=args.tls or None, root_certificates=args.tls_ca, client_cert=args.tls_cert,
-                        client_key=args.tls_key, tls_server_name=args.tls_server_name,
-                        token=_read_token(args.token_file) if args.token_file else None, timeout=args.timeout)
+        client = open_client(args)
     except (OSError, ValueError) as exc:
         print(f"onnx-serve classify: {_describe(exc)}", file=err)
         return EXIT_UNUSABLE
@@ -129,7 +144,8 @@ def _print_result(out: TextIO, image: str, model: str, top: list[Prediction], as
         print(json.dumps({"image": image, "model": model, "top": rows}, ensure_ascii=False), file=out, flush=True)
         return
     table = [("rank", "score", "index", "label")]
-    table += [(str(rank), f"{p.score:.6f}", str(p.index), p.label) for rank, p in enumerate(top, start=1)]
+    # 4 significant digits, so that the scores below the top keep their size (7.200e-12, not 0.000000).
+    table += [(str(rank), f"{p.score:#.4g}", str(p.index), p.label) for rank, p in enumerate(top, start=1)]
     widths = [max(len(row[column]) for row in table) for column in range(3)]
     print(image, file=out)
     for row in table:

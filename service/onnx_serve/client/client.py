@@ -35,6 +35,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onnx_serve.client.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -45,6 +46,7 @@ from onnx_serve.client.messages import (
     ImageInput,
     Images,
     ModelMetadata,
+    ModelState,
     PemSource,
     Prediction,
     StreamResult,
@@ -56,6 +58,7 @@ from onnx_serve.client.messages import (
     infer_outputs,
     infer_request,
     model_metadata_of,
+    model_states,
     predictions,
     stream_result,
 )
@@ -66,8 +69,8 @@ from onnx_serve.protos.onnxserve.v1 import classify_pb2_grpc as pb_grpc
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MODEL", "DEFAULT_URL", "MAX_TOP_K", "AsyncClient", "Client", "ClientError",
-    "ImageInput", "Images", "ModelMetadata", "Prediction", "StreamResult", "TensorMetadata", "classify_request",
-    "image_list", "image_proto", "infer_outputs", "infer_request", "predictions",
+    "ImageInput", "Images", "ModelMetadata", "ModelState", "Prediction", "StreamResult", "TensorMetadata",
+    "classify_request", "image_list", "image_proto", "infer_outputs", "infer_request", "predictions",
 ]
 _TLS_SCHEMES = {"https": True, "grpcs": True, "http": False, "grpc": False}
 
@@ -130,6 +133,8 @@ class _Base:
         self._channel = self._open_channel(self._settings)
         self._v2 = v2_grpc.GRPCInferenceServiceStub(self._channel)
         self._classifier = pb_grpc.ImageClassifierStub(self._channel)
+        # Any: types-grpcio-health-checking types the stub for sync channels only (no Check on an aio one).
+        self._health: Any = health_pb2_grpc.HealthStub(self._channel)
 
     def _open_channel(self, settings: _ChannelSettings) -> Any:
         raise NotImplementedError
@@ -241,6 +246,17 @@ class Client(_Base):
         request = v2.ModelMetadataRequest(name=model, version=version)
         return model_metadata_of(self._call(self._v2.ModelMetadata, request, timeout))
 
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """grpc.health.v1 Check: ``SERVING`` or ``NOT_SERVING`` for ``service`` ("" the whole server, "liveness",
+        or a model's name); an unknown service raises ClientError ``NOT_FOUND``."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def repository_index(self, *, ready_only: bool = False, timeout: float | None = None) -> list[ModelState]:
+        """Every model version of the repository with its state and reason (RepositoryIndex)."""
+        request = v2.RepositoryIndexRequest(ready=ready_only)
+        return model_states(self._call(self._v2.RepositoryIndex, request, timeout))
+
 
 class AsyncClient(_Base):
     """The same API for asyncio (grpc.aio); create it inside the running event loop."""
@@ -326,3 +342,12 @@ class AsyncClient(_Base):
                              ) -> ModelMetadata:
         request = v2.ModelMetadataRequest(name=model, version=version)
         return model_metadata_of(await self._call(self._v2.ModelMetadata, request, timeout))
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def repository_index(self, *, ready_only: bool = False, timeout: float | None = None
+                               ) -> list[ModelState]:
+        request = v2.RepositoryIndexRequest(ready=ready_only)
+        return model_states(await self._call(self._v2.RepositoryIndex, request, timeout))

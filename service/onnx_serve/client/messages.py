@@ -76,6 +76,22 @@ class ModelMetadata:
     outputs: tuple[TensorSpec, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelState:
+    """One model version of the repository index: ``state`` is ``READY``, ``LOADING``, ``UNAVAILABLE``...; ``reason``
+    says why it is not ready (or why its last reload failed), else is empty. ``version`` is empty for a model
+    that has no loaded version."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+def model_states(response: v2.RepositoryIndexResponse) -> list[ModelState]:
+    return [ModelState(model.name, model.version, model.state, model.reason) for model in response.models]
+
+
 # ------------------------------------------------------------------------------------------- requests
 
 

@@ -4,6 +4,9 @@ dynamic_batching, instance groups and warm-up say what serves."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 from onnx_serve.core.model_config import ModelConfig, triton_type
 from onnx_serve.core.version import ModelVersion
 from onnx_serve.protos.inference import model_config_pb2 as mc
@@ -53,8 +56,10 @@ def model_config_proto(version: ModelVersion) -> mc.ModelConfig:
         "oversized_request": config.oversized_request,
         "graph_optimization_level": config.session.graph_optimization_level,
     }
+    # As JSON, with config.yaml's keys, so that any client can parse it (a Python repr only Python could).
     if config.preprocess is not None:
-        params["preprocess"] = repr(config.preprocess)
+        params["preprocess"] = json.dumps(dataclasses.asdict(config.preprocess), separators=(",", ":"))
+    params["postprocess"] = json.dumps(dataclasses.asdict(config.postprocess), separators=(",", ":"))
     for key, value in params.items():
         if key not in out.parameters:
             out.parameters[key].string_value = value
