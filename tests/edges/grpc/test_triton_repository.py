@@ -462,3 +462,9 @@ def test_a_priority_request_overtakes_the_queue(server: InProcessServer, client:
     send("high", instant(), 1)
     wait_for(lambda: batcher.queue_depth == 2)
     assert [answered.get(timeout=10) for _ in range(3)] == ["running", "high", "low"]
+
+
+def test_model_config_answers_priorities_and_queue_policies(client: triton.InferenceServerClient) -> None:
+    batching = client.get_model_config("prioritised", as_json=True)["config"]["dynamic_batching"]
+    assert int(batching["priority_levels"]) == 2 and int(batching["default_priority_level"]) == 2
+    assert "default_queue_policy" in batching

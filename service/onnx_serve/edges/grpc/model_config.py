@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 from onnx_serve.core.model_config import ModelConfig, triton_type
+from onnx_serve.core.triton_config import dynamic_batching_message
 from onnx_serve.core.version import ModelVersion
 from onnx_serve.protos.inference import model_config_pb2 as mc
 
@@ -39,13 +40,8 @@ def model_config_proto(version: ModelVersion) -> mc.ModelConfig:
         if tensor.reshape is not None:
             output.reshape.SetInParent()
             output.reshape.shape.extend(tensor.reshape)
-    if batched and config.dynamic_batching is not None:
-        batching = config.dynamic_batching
-        db = out.dynamic_batching
-        db.preferred_batch_size.extend(batching.preferred_batch_size)
-        db.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
-        db.default_queue_policy.max_queue_size = batching.max_queue_size
-        db.default_queue_policy.default_timeout_microseconds = batching.default_timeout_microseconds
+    if batched and config.dynamic_batching is not None:  # every knob, priorities and queue policies included
+        out.dynamic_batching.CopyFrom(dynamic_batching_message(config.dynamic_batching))
     _instance_groups(out, version)
     _warmup(out, config)
     for key, value in config.parameters:  # config.pbtxt's, as given
