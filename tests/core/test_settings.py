@@ -14,7 +14,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 # The flags as deployments and scripts spell them today: renaming one breaks them.
 FLAGS = {
-    "model_repository": "--model-repository", "model_name": "--model-name", "host": "--host",
+    "model_repository": "--model-repository", "model_name": "--model-name", "server_name": "--server-name",
+    "host": "--host",
     "model_control_mode": "--model-control-mode", "load_model": "--load-model",
     "repository_poll_s": "--repository-poll-secs", "strict_readiness": "--strict-readiness",
     "log_verbose": "--log-verbose",
@@ -125,10 +126,11 @@ def test_a_bad_flag_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> 
     assert "argument --grpc-port: invalid integer value '80a'" in capsys.readouterr().err
 
 
-def test_help_shows_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_shows_each_default_once(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100000")  # no wrapping: argparse would break "onnx-serve" at its hyphen
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
-    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    text = " ".join(capsys.readouterr().out.split())
     assert "(default: )" not in text
     assert text.count("(default:") == len(SETTINGS)
     for spec in SETTINGS:

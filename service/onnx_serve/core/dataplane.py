@@ -42,7 +42,6 @@ from onnx_serve.imaging import (
     top_k,
 )
 
-SERVER_NAME = "onnx-serve"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("classification", "model_repository", "model_repository(unload_dependents)", "statistics",
               "model_configuration", "schedule_policy", "binary_tensor_data")
@@ -171,7 +170,7 @@ class DataPlane:
             return False
 
     def server_metadata(self) -> ServerMetadata:
-        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
+        return ServerMetadata(self.repository.settings.server_name, __version__, EXTENSIONS)
 
     def model_version(self, name: str, version: str = "") -> ModelVersion:
         """The version a call naming (name, version) is served by; raises NotFound / Unavailable."""

@@ -159,6 +159,9 @@ class Settings:
     strict_readiness: bool = field(default=True, metadata=setting_doc(
         "server readiness (health, ServerReady, /v2/health/ready) needs every loaded model READY; off: ready once "
         "started, whatever the models (Triton's --strict-readiness=false)"))
+    server_name: str = field(default="onnx-serve", metadata=setting_doc(
+        "the name ServerMetadata answers (KServe V2 `name`); a client written for Triton that checks it (Triton's "
+        "health-metadata examples check for 'triton') runs unchanged with --server-name triton"))
     host: str = field(default="0.0.0.0", metadata=setting_doc(
         "address the gRPC server (and, unless --http-host, the HTTP server) binds to"))
     grpc_port: int = field(default=8001, metadata=setting_doc("gRPC port; 0 picks a free port (logged)"))

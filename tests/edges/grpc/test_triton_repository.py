@@ -26,7 +26,7 @@ from PIL import Image
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, deserialize_bytes_tensor
 
-from tests.helpers.inprocess import InProcessServer, connection_fixture, in_process_server, server_fixture
+from tests.helpers.inprocess import CPU_ONLY, InProcessServer, connection_fixture, in_process_server, server_fixture
 from tests.helpers.serving import add_model
 from tests.helpers.triton_examples import CLASSES, triton_repository
 from tests.helpers.triton_scheduling import SHORT_TIMEOUT_US, busy, instant, scheduling_repository
@@ -468,3 +468,11 @@ def test_model_config_answers_priorities_and_queue_policies(client: triton.Infer
     batching = client.get_model_config("prioritised", as_json=True)["config"]["dynamic_batching"]
     assert int(batching["priority_levels"]) == 2 and int(batching["default_priority_level"]) == 2
     assert "default_queue_policy" in batching
+
+
+def test_server_name_answers_what_triton_clients_check(tmp_path: Path) -> None:
+    """Triton's health-metadata examples check ServerMetadata's name for 'triton': --server-name makes it so."""
+    add_model(tmp_path / "add" / "1" / "model.onnx")
+    with in_process_server(tmp_path, server_name="triton", execution_providers=CPU_ONLY) as server, \
+            triton.InferenceServerClient(server.url) as named:
+        assert named.get_server_metadata().name == "triton"
