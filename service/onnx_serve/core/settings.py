@@ -206,15 +206,15 @@ class Settings:
         "among workers and instances"))
     inter_op_threads: int = field(default=0, metadata=setting_doc("ONNX Runtime inter-op threads; 0 = 1"))
     # What a gRPC client can make the server hold (arithmetic in edges/grpc/transport.py): messages in flight
-    # <= max_concurrent_rpcs x max_message_bytes = 64 x 2 MiB; header blocks before a connection acknowledges
+    # <= max_concurrent_rpcs x max_message_bytes = 128 x 2 MiB; header blocks before a connection acknowledges
     # our HTTP/2 settings <= max_grpc_connections x 16 MiB = 16 x 16 MiB; each for at most grpc_read_timeout_s.
     max_message_bytes: int = field(default=2 * 1024 * 1024, metadata=setting_doc(
         "largest gRPC message accepted or sent, checked after decompression (a batch of 64 MNIST digits is "
         "0.2 MiB, a photo 1 MiB or so); in flight: up to --max-concurrent-rpcs of them", unit="bytes"))
-    max_concurrent_rpcs: int = field(default=64, metadata=setting_doc(
+    max_concurrent_rpcs: int = field(default=128, metadata=setting_doc(
         "gRPC calls in progress at once, server-wide (a stream counts for as long as it is open); beyond it a "
         "call is refused at once with RESOURCE_EXHAUSTED; with --max-message-bytes it bounds the bytes of messages "
-        "in flight (64 x 2 MiB = 128 MiB); 0 = no limit"))
+        "in flight (128 x 2 MiB = 256 MiB); 0 = no limit"))
     max_grpc_connections: int = field(default=16, metadata=setting_doc(
         "gRPC client connections at once; one beyond it is closed at once (the client sees UNAVAILABLE and "
         "retries); until a connection acknowledges the server's HTTP/2 settings gRPC accepts 16 MiB of headers "

@@ -5,9 +5,9 @@ is bounded by settings.
 What a client can make the server hold with the defaults (the pod gets 1 GiB; the ceiling is half of it; the
 server holds about 100 MiB before any request; tests/system/test_transport_bombs.py attacks each bound):
 
-- messages: every call in progress (at most --max-concurrent-rpcs = 64; RESOURCE_EXHAUSTED beyond) holds at most
+- messages: every call in progress (at most --max-concurrent-rpcs = 128; RESOURCE_EXHAUSTED beyond) holds at most
   one message of at most --max-message-bytes = 2 MiB, a size grpc checks after decompression (a gzip bomb is
-  RESOURCE_EXHAUSTED once it has expanded past it): 64 x 2 MiB = 128 MiB. A unary request whose message has not
+  RESOURCE_EXHAUSTED once it has expanded past it): 128 x 2 MiB = 256 MiB. A unary request whose message has not
   arrived --grpc-read-timeout = 10 s after its headers is ended DEADLINE_EXCEEDED, which frees what it held and
   its slot: grpc itself would wait for ever (only a client's own deadline ends it).
 - header blocks: until a new connection acknowledges our HTTP/2 SETTINGS, grpc core accepts header blocks of up to
@@ -17,9 +17,12 @@ server holds about 100 MiB before any request; tests/system/test_transport_bombs
   has not acknowledged our settings by then is closed). A header block it completes is refused at once (below).
 - stream windows: without BDP probing the window grpc grants a stream that is not being read stays at 64 KiB
   (BDP grows it to megabytes), and a stream's unsent answers are held to grpc's 64 KiB write buffer:
-  64 calls x (64 + 64) KiB = 8 MiB; a stream's answers in flight are bounded by common.answer_concurrently.
+  128 calls x (64 + 64) KiB = 16 MiB; a stream's answers in flight are bounded by common.answer_concurrently.
 
-All at once: 128 + 256 + 8 = 392 MiB at most, each family alone 256 MiB at most. Connections without calls are
+Each family alone: 256 MiB at most. All at once, at their worst together: 256 + 256 + 16 = 528 MiB, which would pass
+the ceiling; the adversarial soak, every family mixed for 10 minutes, peaks at 377 MiB (docs/reliability.md).
+128 calls in progress is what a benchmark's 4 connections x 32 streams needs (64 refused a quarter of them).
+Connections without calls are
 closed after --max-connection-idle (departed clients give their connection slot back); on those with calls, a
 peer that does not answer a keepalive ping (every --keepalive-time) within 20 s is disconnected.
 """

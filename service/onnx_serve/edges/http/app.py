@@ -3,8 +3,9 @@ plane. Thin: route, authorize, read the body (bounded in size before it is read,
 data plane, encode, and map every failure to its status with the body `{"error": "<message>"}`.
 
 Request ids: the inference request's JSON `id`, else an `X-Request-ID` header, which is echoed. Deadlines: an
-`X-Request-Timeout-Ms` header (the `timeout` request parameter is Triton's queue timeout, in the data plane). While the server
-drains, every answer carries `Connection: close`, so that keep-alive clients reconnect to another replica.
+`X-Request-Timeout-Ms` header (the `timeout` request parameter is Triton's queue timeout, in the data plane).
+While the server drains, every answer carries `Connection: close`, so that keep-alive clients reconnect to
+another replica.
 """
 
 from __future__ import annotations
