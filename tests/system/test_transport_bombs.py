@@ -122,8 +122,8 @@ async def test_gzip_bombs_are_bounded_by_the_message_limit_after_decompression(
         for connection in connections:
             await connection.close()
     assert {outcome.status for outcome in outcomes} == {refused_as}, [o.headers for o in outcomes]
-    if refused_as == "RESOURCE_EXHAUSTED":  # grpc stops decompressing at the limit
-        assert all("Decompressed message larger than max" in o.headers["grpc-message"] for o in outcomes)
+    if refused_as == "RESOURCE_EXHAUSTED":  # grpc refuses it by its size once decompressed (words vary by version)
+        assert all("larger than max" in o.headers["grpc-message"] for o in outcomes), [o.headers for o in outcomes]
     assert peak < RSS_CEILING_KIB, f"peak RSS {peak // 1024} MiB"
 
 
