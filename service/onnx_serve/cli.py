@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from onnx_serve import __version__
 from onnx_serve.core.settings import SETTINGS, SettingError, Settings, SettingSpec, settings_from_sources
 
-SUBCOMMANDS = ("serve", "classify", "bench", "health", "models")
+SUBCOMMANDS = ("serve", "classify", "bench", "quantize", "tune", "health", "models")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,21 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnx-serve",
         description="Serve ONNX image classifiers over gRPC (KServe V2 protocol + Classify API). "
-        "With no subcommand, runs `serve`. Subcommands: serve, classify, bench, health, models.",
+        "With no subcommand, runs `serve`. Subcommands: serve, classify, bench, quantize, tune, health, models.",
     )
     parser.add_argument("--version", action="version", version=f"onnx-serve {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,classify,bench,health,models}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,classify,bench,quantize,tune,health,models}")
     serve_parser = sub.add_parser("serve", help="serve a model repository (the default)",
                                   description="Serve a model repository on gRPC, with Prometheus metrics.")
     add_serve_arguments(serve_parser)
     # Variables are read after parsing (a flag wins over them), so serve() reports their errors, as this parser.
     serve_parser.set_defaults(serve_parser=serve_parser)
     from onnx_serve.bench.cli import add_bench_parser
+    from onnx_serve.bench.tune.cli import add_tune_parser
     from onnx_serve.client.cli import add_classify_parser
     from onnx_serve.client.health_cli import add_health_parser, add_models_parser
+    from onnx_serve.tools.quantize.cli import add_quantize_parser
 
     add_classify_parser(sub)
     add_bench_parser(sub)
+    add_quantize_parser(sub)
+    add_tune_parser(sub)
     add_health_parser(sub)
     add_models_parser(sub)
     return parser
