@@ -98,10 +98,9 @@ def string_model(path: Path) -> Path:
     return save_model(graph, path)
 
 
-def spin_model(path: Path, milliseconds: int) -> Path:
-    """Like slow_model, but a run takes roughly `milliseconds` times the input's largest value: the warm-up
-    (zeros) is instant, a call with x = 1 keeps an instance busy."""
-    body = helper.make_graph(
+def _counting_loop_body() -> onnx.GraphProto:
+    """A Loop body that adds 1 to its accumulator per iteration: the busy work of slow_model and spin_model."""
+    return helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
         "body",
@@ -110,6 +109,12 @@ def spin_model(path: Path, milliseconds: int) -> Path:
         [tensor("cond_out", TensorProto.BOOL, []), tensor("acc_out", TensorProto.FLOAT, [])],
         initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
     )
+
+
+def spin_model(path: Path, milliseconds: int) -> Path:
+    """Like slow_model, but a run takes roughly `milliseconds` times the input's largest value: the warm-up
+    (zeros) is instant, a call with x = 1 keeps an instance busy."""
+    body = _counting_loop_body()
     nodes = [
         helper.make_node("ReduceMax", ["x"], ["largest"], keepdims=0),
         helper.make_node("Mul", ["largest", "per_unit"], ["scaled"]),
@@ -130,15 +135,7 @@ def slow_model(path: Path, milliseconds: int) -> Path:
     """Sleeps roughly `milliseconds` per run (a big loop of Adds), to keep requests in flight."""
     iterations = helper.make_tensor("iters", TensorProto.INT64, [], [milliseconds * 1000])
     cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["acc_in", "one"], ["acc_out"])],
-        "body",
-        [tensor("i", TensorProto.INT64, []), tensor("cond_in", TensorProto.BOOL, []),
-         tensor("acc_in", TensorProto.FLOAT, [])],
-        [tensor("cond_out", TensorProto.BOOL, []), tensor("acc_out", TensorProto.FLOAT, [])],
-        initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
-    )
+    body = _counting_loop_body()
     nodes = [
         helper.make_node("ReduceSum", ["x"], ["start"], keepdims=0),
         helper.make_node("Loop", ["iters", "cond", "start"], ["total"], body=body),
