@@ -135,7 +135,7 @@ def test_help_shows_each_default_once(capsys: pytest.CaptureFixture[str], monkey
     assert text.count("(default:") == len(SETTINGS)
     for spec in SETTINGS:
         assert text.count(f"(default: {spec.default_text}) [env {spec.env}]") == 1, spec.name
-    assert "(default: --host)" in text and "(default: cuda,cpu)" in text
+    assert "(default: --host)" in text and "(default: auto)" in text
 
 
 def test_readme_table_matches_the_dataclass() -> None:

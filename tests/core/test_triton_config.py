@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto
-from onnx_serve.core import repository as repository_module
+from onnx_serve.core import runtime
 from onnx_serve.core.errors import ConfigError
 from onnx_serve.core.metrics import Metrics
 from onnx_serve.core.model_config import (
@@ -455,10 +455,10 @@ def test_gpu_instances_without_cuda_fall_back_visibly_or_fail_when_strict(tmp_pa
 def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, np.ndarray]]:
     """The feeds of every session.run the load makes (warm-up runs, as the repository creates sessions)."""
     seen: list[dict[str, np.ndarray]] = []
-    create_session = repository_module.create_session
+    create_session = runtime.create_session
 
-    def counting(*args: Any) -> tuple[ort.InferenceSession, list[str]]:
-        session, providers = create_session(*args)
+    def counting(*args: Any, **kwargs: Any) -> tuple[ort.InferenceSession, list[str]]:
+        session, providers = create_session(*args, **kwargs)
         run = session.run
 
         def recorded(names: Any, feeds: dict[str, np.ndarray]) -> Any:
@@ -468,7 +468,7 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, np.ndarray]]:
         session.run = recorded
         return session, providers
 
-    monkeypatch.setattr(repository_module, "create_session", counting)
+    monkeypatch.setattr(runtime, "create_session", counting)
     return seen
 
 

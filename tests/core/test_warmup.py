@@ -8,7 +8,7 @@ from typing import Any
 
 import onnxruntime as ort
 import pytest
-from onnx_serve.core import repository
+from onnx_serve.core import runtime
 from onnx_serve.core.metrics import Metrics
 from onnx_serve.core.repository import Repository
 from onnx_serve.core.runtime import first_line
@@ -29,10 +29,10 @@ def test_first_line_names_the_type_of_an_empty_message() -> None:
 def test_a_failed_warm_up_is_the_reason_the_model_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  message: str) -> None:
     add_model(tmp_path / "add" / "1" / "model.onnx")
-    create_session = repository.create_session
+    create_session = runtime.create_session
 
-    def failing_session(*args: Any) -> tuple[ort.InferenceSession, list[str]]:
-        session, providers = create_session(*args)
+    def failing_session(*args: Any, **kwargs: Any) -> tuple[ort.InferenceSession, list[str]]:
+        session, providers = create_session(*args, **kwargs)
 
         def run(*_: Any) -> None:
             raise RuntimeError(message)
@@ -40,7 +40,7 @@ def test_a_failed_warm_up_is_the_reason_the_model_is_unavailable(tmp_path: Path,
         session.run = run
         return session, providers
 
-    monkeypatch.setattr(repository, "create_session", failing_session)
+    monkeypatch.setattr(runtime, "create_session", failing_session)
     repo = Repository(tmp_path, Settings(execution_providers=("CPUExecutionProvider",)), Metrics())
     model = asyncio.run(repo.load("add"))
     assert model.state is State.UNAVAILABLE

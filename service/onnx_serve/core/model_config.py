@@ -14,7 +14,7 @@ import yaml
 
 from onnx_serve.core.errors import ConfigError
 from onnx_serve.core.schema import Section, is_int
-from onnx_serve.core.settings import provider_name
+from onnx_serve.core.settings import SettingError, provider_list
 from onnx_serve.imaging import (
     ImageLimits,
     PostprocessConfig,
@@ -217,7 +217,10 @@ def parse_model_config(raw: object, where: str, model_name: str) -> ModelConfig:
         listed = top.raw["execution_providers"]
         if not isinstance(listed, list) or not listed or not all(isinstance(p, str) for p in listed):
             raise top.error("execution_providers", "a non-empty list of provider names")
-        providers = tuple(provider_name(p) for p in listed)
+        try:
+            providers = provider_list(listed) or None  # [auto]: the server's --execution-providers
+        except SettingError as exc:
+            raise ConfigError(f"{where}: execution_providers: {exc}") from None
     return ModelConfig(
         max_batch_size=max_batch_size,
         dynamic_batching=batching,

@@ -23,7 +23,7 @@ from onnx_serve.core.errors import ConfigError, InvalidArgument, NotFound, Serve
 from onnx_serve.core.metrics import Metrics, bounded
 from onnx_serve.core.model_config import ModelConfig
 from onnx_serve.core.model_control import Poller, check_requests_allowed, startup_models
-from onnx_serve.core.runtime import RunnerPool, SessionPlan, create_session, instance_devices, signature_of
+from onnx_serve.core.runtime import RunnerPool, SessionPlan, create_sessions, instance_devices, signature_of
 from onnx_serve.core.scheduling import BatchPolicy, batch_policy
 from onnx_serve.core.settings import Settings, default_intra_op_threads
 from onnx_serve.core.triton_config import read_model_config
@@ -236,10 +236,7 @@ class Repository:
             intra_op_threads=config.session.intra_op_threads or settings.intra_op_threads
             or default_intra_op_threads(settings.workers, len(devices)),
         )
-        sessions = []
-        for device in devices:
-            session, got = create_session(version.path, dataclasses.replace(plan, device_id=device))
-            sessions.append(session)
+        sessions, got = create_sessions(version.path, plan, devices)
         version.providers = tuple(got)
         model_dir, where = version.path.parent.parent, str(version.path)
         served = complete(config, signature_of(sessions[0]), model_dir, where)

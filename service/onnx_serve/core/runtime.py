@@ -1,15 +1,16 @@
-"""ONNX Runtime sessions: execution providers (with visible fallback) and devices, options, I/O signature,
-the I/O plan between what clients send and what the graph takes, and the pool of instances that run batches
-in worker threads (ORT releases the GIL during run)."""
+"""ONNX Runtime sessions: execution providers (`auto`, or as asked with a visible fallback) and devices, options,
+I/O signature, the I/O plan between what clients send and what the graph takes, and the pool of instances that
+run batches in worker threads (ORT releases the GIL during run)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +37,58 @@ DEVICE_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvide
 CPU_INSTANCE_COUNT = 2  # Triton's default count of a KIND_CPU instance group of the onnxruntime backend
 
 
+# What `auto` (empty providers: the default) picks from, best first: those this onnxruntime build lists. TensorRT
+# is left out on purpose: its engines take minutes to build at load and fail for many graphs, so it is asked for
+# by name only.
+AUTO_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
 class ProviderUnavailable(ConfigError):
     """--strict-providers is on and a requested execution provider could not be used."""
 
 
+class _AutoProviders:
+    """`auto` resolved once per process, so that the choice is logged once (at the first model load, which is at
+    server start) instead of per model, per reload, per instance."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # models load in worker threads
+        self._chosen: tuple[str, ...] | None = None
+        self._fallback_logged = False
+
+    def get(self) -> tuple[str, ...]:
+        with self._lock:
+            if self._chosen is None:
+                available = ort.get_available_providers()
+                self._chosen = tuple(p for p in AUTO_PREFERENCE if p in available) or ("CPUExecutionProvider",)
+                log.info("execution providers: %s (auto: the best of %s that this onnxruntime has; "
+                         "--execution-providers chooses)", ", ".join(self._chosen), ", ".join(AUTO_PREFERENCE))
+            return self._chosen
+
+    def first_fallback(self) -> bool:
+        """True once: the first session that `auto` did not get its providers for (onnxruntime-gpu lists CUDA
+        on a host without a usable GPU)."""
+        with self._lock:
+            first, self._fallback_logged = not self._fallback_logged, True
+            return first
+
+    def reset(self) -> None:
+        """Forgets the choice (tests)."""
+        with self._lock:
+            self._chosen, self._fallback_logged = None, False
+
+
+auto_providers = _AutoProviders()
+
+
+def resolve_providers(requested: Sequence[str]) -> tuple[str, ...]:
+    """The providers to ask ONNX Runtime for: `requested`, or for none (`auto`) the best this build has."""
+    return tuple(requested) if requested else auto_providers.get()
+
+
 @dataclass(frozen=True, slots=True)
 class SessionPlan:
-    providers: tuple[str, ...]
+    providers: tuple[str, ...]  # best first; () = auto (resolve_providers): no warning when one is missing
     strict_providers: bool
     options: SessionConfig
     intra_op_threads: int
@@ -78,9 +124,11 @@ def _spec(node: ort.NodeArg) -> TensorSpec:
     return TensorSpec(node.name, dt.name, shape)
 
 
-def create_session(path: Path, plan: SessionPlan) -> tuple[ort.InferenceSession, list[str]]:
+def create_session(path: Path, plan: SessionPlan, *, warn: bool = True) -> tuple[ort.InferenceSession, list[str]]:
     """Creates one session; returns it with the providers it really got (ONNX Runtime silently falls
-    back to CPU when, say, the CUDA provider's libraries fail to load, so we read them back)."""
+    back to CPU when, say, the CUDA provider's libraries fail to load, so we read them back). Providers asked
+    for by name that it could not get are a warning (`warn`), or ProviderUnavailable under --strict-providers;
+    with `auto` the choice fits the build, and a fallback after that is a warning once per process."""
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPTIMIZATION[plan.options.graph_optimization_level]
     options.intra_op_num_threads = plan.intra_op_threads
@@ -93,7 +141,8 @@ def create_session(path: Path, plan: SessionPlan) -> tuple[ort.InferenceSession,
     options.log_severity_level = 3
 
     available = set(ort.get_available_providers())
-    wanted = list(plan.providers)
+    explicit = bool(plan.providers)
+    wanted = list(resolve_providers(plan.providers))
     missing = [p for p in wanted if p not in available]
     if missing and plan.strict_providers:
         raise ProviderUnavailable(f"execution provider(s) {', '.join(missing)} not available in this build of "
@@ -114,9 +163,25 @@ def create_session(path: Path, plan: SessionPlan) -> tuple[ort.InferenceSession,
         if plan.strict_providers:
             raise ProviderUnavailable(f"{path}: requested {', '.join(fell_back)} but the session runs on "
                                       f"{', '.join(got)}")
-        log.warning("%s: execution provider %s unavailable, falling back to %s", path, ", ".join(fell_back),
-                    ", ".join(got))
+        if explicit and warn:
+            log.warning("%s: execution provider %s unavailable, falling back to %s", path, ", ".join(fell_back),
+                        ", ".join(got))
+        elif not explicit and auto_providers.first_fallback():
+            log.warning("execution provider %s is listed by this onnxruntime but cannot run here (no usable GPU or "
+                        "libraries?): models on the auto providers run on %s", ", ".join(fell_back), ", ".join(got))
     return session, got
+
+
+def create_sessions(path: Path, plan: SessionPlan, devices: Sequence[int | None]
+                    ) -> tuple[list[ort.InferenceSession], list[str]]:
+    """One session per model instance (`devices`, see instance_devices), with the providers the last one got;
+    a fallback is logged once for the model, not once per instance."""
+    sessions = []
+    got: list[str] = []
+    for index, device in enumerate(devices):
+        session, got = create_session(path, replace(plan, device_id=device), warn=index == 0)
+        sessions.append(session)
+    return sessions, got
 
 
 def first_line(exc: BaseException) -> str:
@@ -154,7 +219,7 @@ def instance_devices(config: ModelConfig, providers: Sequence[str]) -> tuple[lis
     if not config.instance_groups:
         return [None] * config.instance_count, ()
     available = set(ort.get_available_providers())
-    on_gpu = any(p in DEVICE_PROVIDERS and p in available for p in providers)
+    on_gpu = any(p in DEVICE_PROVIDERS and p in available for p in resolve_providers(providers))
     devices: list[int | None] = []
     resolved = []
     for group in config.instance_groups:

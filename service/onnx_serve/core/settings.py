@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -23,6 +23,7 @@ PROVIDER_ALIASES = {
     "dnnl": "DnnlExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
 }
+AUTO_PROVIDERS = "auto"  # the execution_providers default: what this installation has, best first
 
 
 def provider_name(name: str) -> str:
@@ -80,9 +81,21 @@ def parse_optional_path(text: str) -> Path | None:
     return Path(text.strip()) if text.strip() else None
 
 
+def provider_list(names: Sequence[str]) -> tuple[str, ...]:
+    """Execution providers, short or full names, best first; `auto` alone (or nothing) is the empty tuple, which
+    means the best providers this onnxruntime has (onnx_serve.core.runtime.AUTO_PREFERENCE)."""
+    listed = [name.strip() for name in names if name.strip()]
+    if [name.lower() for name in listed] == [AUTO_PROVIDERS]:
+        return ()
+    if any(name.lower() == AUTO_PROVIDERS for name in listed):
+        raise SettingError(f"'{AUTO_PROVIDERS}' stands alone: it cannot be listed with other execution providers "
+                           f"({', '.join(listed)})")
+    return tuple(provider_name(name) for name in listed)
+
+
 def parse_provider_names(text: str) -> tuple[str, ...]:
-    """A comma-separated list of execution providers, short or full names."""
-    return tuple(provider_name(name) for name in text.split(",") if name.strip())
+    """A comma-separated list of execution providers (see provider_list)."""
+    return provider_list(text.split(","))
 
 
 def parse_model_names(text: str) -> tuple[str, ...]:
@@ -194,13 +207,16 @@ class Settings:
         unit="seconds"))
     workers: int = field(default=1, metadata=setting_doc(
         "server processes sharing the port (SO_REUSEPORT), each with its own sessions"))
-    execution_providers: tuple[str, ...] = field(
-        default=("CUDAExecutionProvider", "CPUExecutionProvider"), metadata=setting_doc(
-            "ONNX Runtime execution providers in order of preference, comma-separated, for models whose config "
-            "names none: cuda, cpu, tensorrt, rocm, openvino, dnnl, coreml or full ONNX Runtime names",
-            shown_default="cuda,cpu", parse=parse_provider_names))
+    # () is `auto`: resolved once per process by onnx_serve.core.runtime.auto_providers, which logs the choice.
+    execution_providers: tuple[str, ...] = field(default=(), metadata=setting_doc(
+        "ONNX Runtime execution providers in order of preference, comma-separated, for models whose config "
+        "names none: auto (CUDA then CPU, of those this onnxruntime has; logged once at start) or a list of cuda, "
+        "cpu, tensorrt, rocm, openvino, dnnl, coreml or full ONNX Runtime names. A provider listed here that "
+        "cannot be had is logged as a fallback at each model load", shown_default=AUTO_PROVIDERS,
+        parse=parse_provider_names))
     strict_providers: bool = field(default=False, metadata=setting_doc(
-        "fail a model's load instead of falling back to CPU when a requested execution provider is unavailable"))
+        "fail a model's load instead of falling back to CPU when an execution provider it was to run on (listed, "
+        "or chosen by auto) is unavailable"))
     intra_op_threads: int = field(default=0, metadata=setting_doc(
         "ONNX Runtime intra-op threads per model instance; 0 sizes them to the CPU quota (cgroup limit) divided "
         "among workers and instances"))
