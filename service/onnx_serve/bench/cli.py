@@ -1,6 +1,7 @@
 """`onnx-serve bench`: our perf_analyzer. Sweeps concurrency levels against a KServe V2 server (ours or any
 other) and reports throughput, latency percentiles, errors, the server-side breakdown and client CPU;
-`--raw MODEL` measures in-process ONNX Runtime instead, the ceiling a server can approach."""
+`--driver h2load` makes the load with nghttp2's C client instead of grpc.aio (bench/h2load.py); `--raw MODEL`
+measures in-process ONNX Runtime instead, the ceiling a server can approach."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from typing import Any
 import grpc
 
 from onnx_serve import __version__
+from onnx_serve.bench import h2load
 from onnx_serve.bench.launch import ServerNotReady, wait_for_model
 from onnx_serve.bench.load import LevelPlan, LoadGenerator, open_channels
-from onnx_serve.bench.probe import ModelStatisticsProbe, take_snapshot
+from onnx_serve.bench.probe import ModelStatisticsProbe, ServerUnavailable, take_snapshot
 from onnx_serve.bench.raw import DEFAULT_BATCH_SIZES, format_raw, run_raw
 from onnx_serve.bench.report import ProgressBar, format_table, notes_for, plot_series, summarize, write_json
 from onnx_serve.bench.workload import (
@@ -33,7 +35,8 @@ from onnx_serve.bench.workload import (
 from onnx_serve.core.settings import cpu_quota
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 
-EXIT_OK, EXIT_REQUEST_ERRORS, EXIT_SETUP = 0, 1, 2
+EXIT_OK, EXIT_REQUEST_ERRORS, EXIT_SETUP, EXIT_SERVER_GONE = 0, 1, 2, 3
+DRIVERS = ("python", "h2load")
 DEFAULT_DURATION_S, DEFAULT_WARMUP_S = 10.0, 2.0
 RAW_DURATION_S, RAW_WARMUP_S = 3.0, 0.5
 
@@ -53,8 +56,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "bench", help="measure a server's throughput and latency (or raw ONNX Runtime with --raw)",
         description="Keeps exactly C requests in flight for each concurrency level and reports requests/s, "
         "items/s, latency percentiles, errors by gRPC code, the server-side breakdown (ModelStatistics) and the "
-        "client's own CPU use. Works against any KServe V2 gRPC server. With --raw MODEL.onnx, measures "
-        "in-process ONNX Runtime at several batch sizes instead (the ceiling).",
+        "client's own CPU use. Works against any KServe V2 gRPC server. --driver h2load sends the same request "
+        "with nghttp2's h2load (a C client that leaves the CPU to the server) at --points CxM. A server that goes "
+        "away mid-run stops the bench with exit status 3. With --raw MODEL.onnx, measures in-process ONNX "
+        "Runtime at several batch sizes instead (the ceiling).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     target = parser.add_argument_group("target")
     target.add_argument("--url", default="127.0.0.1:8001", help="server address HOST:PORT")
@@ -66,8 +71,19 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                         help="how long to wait for the model to answer ModelMetadata before giving up")
     load = parser.add_argument_group("load")
+    load.add_argument("--driver", choices=DRIVERS, default="python",
+                      help="python = grpc.aio in this process; h2load = nghttp2's h2load (C, HTTP/2) sends the "
+                      "pre-serialized request, checked first, and the server's ModelStatistics tell its "
+                      "successes from gRPC errors (unary --api infer or classify)")
     load.add_argument("--concurrency", type=_int_list, default=[1, 4, 16, 64], metavar="C1,C2,...",
-                      help="requests kept in flight; one level per value")
+                      help="requests kept in flight; one level per value (h2load: 1 connection x C streams)")
+    load.add_argument("--points", type=h2load.parse_points, metavar="CxM,...",
+                      help="--driver h2load: C connections x M concurrent streams each, e.g. 1x8,4x32 (instead of "
+                      "--concurrency)")
+    load.add_argument("--h2load", default="h2load", metavar="PATH",
+                      help=f"--driver h2load: the h2load binary (Debian package {h2load.PACKAGE})")
+    load.add_argument("--h2load-threads", type=int, default=1, metavar="N",
+                      help="--driver h2load: h2load's native threads (-t), at most one per connection")
     load.add_argument("--duration", type=float, metavar="SECONDS",
                       help=f"measured time per level (default {DEFAULT_DURATION_S:g}; --raw: {RAW_DURATION_S:g} "
                       "per batch size)")
@@ -126,7 +142,17 @@ def run_bench(args: argparse.Namespace) -> int:
             print("onnx-serve bench: --batch-size, --channels, --duration and --window must be positive",
                   file=sys.stderr)
             return EXIT_SETUP
+        if args.driver == "h2load":
+            _check_h2load_arguments(args)
+        elif args.points:
+            raise ValueError("--points CxM needs --driver h2load (the python driver takes --concurrency and "
+                             "--channels)")
         document = asyncio.run(sweep(args))
+    except ServerUnavailable as exc:
+        if exc.levels:
+            print(format_table(exc.levels))
+        print(f"onnx-serve bench: {exc}; stopped", file=sys.stderr)
+        return EXIT_SERVER_GONE
     except (ServerNotReady, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"onnx-serve bench: {exc}", file=sys.stderr)
         return EXIT_SETUP
@@ -147,6 +173,20 @@ def run_bench(args: argparse.Namespace) -> int:
     return EXIT_REQUEST_ERRORS if any(level["error_count"] for level in document["levels"]) else EXIT_OK
 
 
+def _check_h2load_arguments(args: argparse.Namespace) -> None:
+    """What h2load cannot do is refused up front; a missing h2load too (H2loadMissing), before any waiting."""
+    if args.api not in ("infer", "classify"):
+        raise ValueError(f"--driver h2load sends unary calls: --api infer or classify, not {args.api}")
+    for option, value, default in (("--codec", args.codec, "bytes"), ("--channels", args.channels, 1),
+                                   ("--timeout", args.timeout, 0.0)):
+        if value != default:
+            raise ValueError(f"{option} is the python driver's; --driver h2load sends the same bytes on the "
+                             "connections of --points CxM, without deadlines")
+    if args.h2load_threads < 1:
+        raise ValueError("--h2load-threads must be positive")
+    args.h2load = h2load.find_h2load(args.h2load)
+
+
 def build_workload(args: argparse.Namespace, metadata: pb.ModelMetadataResponse) -> Workload:
     inputs = inputs_from_metadata(metadata)
     files = [] if args.input == ["random"] else [Path(p) for p in args.input]
@@ -162,27 +202,46 @@ def build_workload(args: argparse.Namespace, metadata: pb.ModelMetadataResponse)
 
 
 async def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    channels = open_channels(args.url, args.channels)
+    driver = getattr(args, "driver", "python")  # `onnx-serve tune` builds its own arguments: the python driver
+    channels = open_channels(args.url, args.channels if driver == "python" else 1)
+    extra: dict[str, Any] = {"driver": driver}
+    levels: list[dict[str, Any]] = []
     try:
         metadata = await asyncio.to_thread(wait_for_model, args.url, args.model, args.model_version, args.wait)
         workload = build_workload(args, metadata)
         statistics = ModelStatisticsProbe(channels[0], args.model, args.model_version)
-        generator = LoadGenerator(channels, workload, args.codec)
         plan = LevelPlan(args.warmup, args.duration, args.window, args.max_extra_windows, args.timeout or None)
-        bar = ProgressBar(plan.windows * len(args.concurrency), enabled=not args.no_progress)
-        levels = []
+        if driver == "h2load":
+            points = args.points or [h2load.Point(1, c) for c in args.concurrency]
+            extra["points"] = [point.label for point in points]
+            runner = h2load.H2loadDriver(args.h2load, f"http://{args.url}{workload.method}", workload, channels[0],
+                                         statistics, plan, args.h2load_threads, args.server_pid)
+            extra["h2load"] = runner.describe()
+        bar = ProgressBar(plan.windows * len(extra.get("points", args.concurrency)), enabled=not args.no_progress)
         try:
-            for concurrency in args.concurrency:
-                bar.level(f"c={concurrency}")
-                run = await generator.run_level(concurrency, plan, lambda: take_snapshot(statistics, args.server_pid),
-                                                bar.window)
-                levels.append(summarize(run, workload.items_per_request))
+            if driver == "h2load":
+                try:
+                    await runner.check_body()
+                    await runner.sweep(points, levels, bar.level, bar.window if bar.active else None)
+                finally:
+                    runner.close()
+            else:
+                generator = LoadGenerator(channels, workload, args.codec)
+                for concurrency in args.concurrency:
+                    bar.level(f"c={concurrency}")
+                    run = await generator.run_level(concurrency, plan,
+                                                    lambda: take_snapshot(statistics, args.server_pid), bar.window)
+                    levels.append(summarize(run, workload.items_per_request))
+        except ServerUnavailable as exc:
+            exc.levels = levels  # what was measured before it went
+            raise
         finally:
             bar.close()
     finally:
         for channel in channels:
             await channel.close()
     quota = cpu_quota()
+    notes = notes_for(levels, quota) + (h2load.notes(statistics) if driver == "h2load" else [])
     return {
         "tool": "onnx-serve bench",
         "version": __version__,
@@ -197,7 +256,8 @@ async def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "request": workload.describe,
         "request_bytes": len(workload.payload()),
         "codec": args.codec,
-        "channels": args.channels,
+        "channels": args.channels if driver == "python" else None,
+        **extra,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "window_s": plan.effective_window_s,
@@ -207,7 +267,7 @@ async def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "client": {"python": platform.python_version(), "grpcio": grpc.__version__, "cpus": quota,
                    "nproc": os.cpu_count()},
         "levels": levels,
-        "notes": notes_for(levels, quota),
+        "notes": notes,
     }
 
 

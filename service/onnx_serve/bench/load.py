@@ -5,6 +5,11 @@ stream APIs keep C requests in flight on one bidirectional stream per channel, m
 requests by id. A level is stable when the last three windows' throughputs are each within 10% of their
 mean (perf_analyzer's rule); an unstable level is measured for a few more windows before it is reported
 as unstable.
+
+A server that goes away mid-run stops the level (ServerUnavailable) instead of being measured: a watchdog
+looks at each half second's outcomes, and when UNAVAILABLE answered nearly all of them (or nothing at all
+completed for a while) asks ServerLive; only when that fails too is the server gone. A sender that gets
+UNAVAILABLE backs off (1 ms, doubling to 100 ms) rather than spinning on a refused connection.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import cast
 
 import grpc
 
-from onnx_serve.bench.probe import Snapshot
+from onnx_serve.bench.probe import ServerUnavailable, Snapshot, server_unreachable
 from onnx_serve.bench.workload import Workload
 
 STABILITY_WINDOWS = 3
@@ -31,6 +36,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.use_local_subchannel_pool", 1),  # each channel its own TCP connection (SO_REUSEPORT spreads those)
 ]
+WATCH_INTERVAL_S = 0.5
+UNAVAILABLE_SHARE = 0.9  # of an interval's outcomes: below it, a server shedding load is still being measured
+STALL_S = 2.0  # no outcome at all for this long also asks ServerLive (a hung connection fails nothing)
+BACKOFF_S = (0.001, 0.1)  # first and longest pause after UNAVAILABLE, per sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +126,16 @@ class LoadGenerator:
                         progress: Progress | None = None) -> LevelRun:
         recorder, stop = Recorder(), asyncio.Event()
         tasks = [asyncio.create_task(coroutine) for coroutine in self._senders(concurrency, plan, recorder, stop)]
+        watchdog = asyncio.create_task(self._watch(recorder))
+        watched = [*tasks, watchdog]
         try:
-            await self._sleep_watching(plan.warmup_s, tasks)
+            await self._sleep_watching(plan.warmup_s, watched)
             before = await snapshot()
             start, window = time.perf_counter(), plan.effective_window_s
             counts: list[int] = []
             while True:
                 boundary = start + (len(counts) + 1) * window
-                await self._sleep_watching(boundary - time.perf_counter(), tasks)
+                await self._sleep_watching(boundary - time.perf_counter(), watched)
                 counts.append(recorder.completed_between(boundary - window, boundary))
                 if progress:
                     progress(len(counts), counts[-1] / window)
@@ -134,8 +145,11 @@ class LoadGenerator:
             end = start + len(counts) * window
             after = await snapshot()
         finally:
+            watchdog.cancel()
             stop.set()
             await self._drain(tasks, plan)
+            with contextlib.suppress(asyncio.CancelledError, ServerUnavailable):
+                await watchdog
         low, high = bisect.bisect_left(recorder.ends, start), bisect.bisect_left(recorder.ends, end)
         errors = Counter(code for t, code in zip(recorder.error_ends, recorder.error_codes, strict=True)
                          if start <= t < end)
@@ -149,6 +163,30 @@ class LoadGenerator:
             done, _ = await asyncio.wait(tasks, timeout=seconds, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()
+
+    async def _watch(self, recorder: Recorder) -> None:
+        """Raises ServerUnavailable when the server is gone (see the module's docstring); runs until cancelled."""
+        clock = time.perf_counter
+        seen_ok = seen_failed = 0
+        last_outcome = clock()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            ok, failed = len(recorder.ends), len(recorder.error_codes)
+            outcomes = ok - seen_ok + failed - seen_failed
+            unavailable = recorder.error_codes[seen_failed:failed].count("UNAVAILABLE")
+            seen_ok, seen_failed = ok, failed
+            now = clock()
+            if outcomes:
+                last_outcome = now
+            refused = unavailable > 0 and unavailable >= UNAVAILABLE_SHARE * outcomes
+            if not refused and now - last_outcome < STALL_S:
+                continue
+            reason = await server_unreachable(self.channels[0])
+            if reason is not None:
+                seen = (f"in the last {WATCH_INTERVAL_S:g} s {unavailable:,} of {outcomes:,} requests failed "
+                        "UNAVAILABLE" if refused else f"no request completed for {now - last_outcome:.1f} s")
+                raise ServerUnavailable(f"server unavailable: {seen}, and ServerLive fails too ({reason})")
+            last_outcome = clock()  # alive: a slow model, or one shedding load; look again after STALL_S
 
     @staticmethod
     async def _drain(tasks: Sequence[asyncio.Task[None]], plan: LevelPlan) -> None:
@@ -180,13 +218,18 @@ class LoadGenerator:
                                        response_deserializer=self.workload.response_type.FromString)
             request = self.workload.message()
         clock, ends, latencies = time.perf_counter, recorder.ends, recorder.latencies
+        backoff = 0.0
         while not stop.is_set():
             sent = clock()
             try:
                 await call(request, timeout=timeout)
             except grpc.aio.AioRpcError as exc:
                 recorder.failed(clock(), exc.code().name)
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:  # a refused connection fails at once: do not spin
+                    backoff = min(BACKOFF_S[1], 2 * backoff or BACKOFF_S[0])
+                    await asyncio.sleep(backoff)
                 continue
+            backoff = 0.0
             done = clock()
             ends.append(done)
             latencies.append(done - sent)

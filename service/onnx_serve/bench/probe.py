@@ -4,6 +4,7 @@ process tree's CPU time and memory (Linux /proc, when its pid is known), and the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, fields
@@ -70,6 +71,41 @@ class ModelCounters:
             "avg_compute_infer_ms": avg_ms(self.compute_infer),
             "avg_compute_output_ms": avg_ms(self.compute_output),
         }
+
+
+class ServerUnavailable(RuntimeError):
+    """The server went away during a run: the bench stops instead of counting refused connections as a level.
+    ``levels`` are the levels measured before it went."""
+
+    def __init__(self, message: str, levels: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.levels = levels or []
+
+
+# A server that is gone answers these at once (connection refused or reset) or never (a dead host).
+_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+async def server_unreachable(channel: grpc.aio.Channel, timeout: float = 2.0, attempts: int = 2) -> str | None:
+    """Why ServerLive gets no answer (code and details), or None when the server answers. A server that sheds
+    load with UNAVAILABLE still answers ServerLive, so this tells "gone" from "refusing work"; a second try a
+    moment later keeps one slow answer from a loaded server from ending a run."""
+    call = channel.unary_unary("/inference.GRPCInferenceService/ServerLive",
+                               request_serializer=pb.ServerLiveRequest.SerializeToString,
+                               response_deserializer=pb.ServerLiveResponse.FromString)
+    reason = None
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(0.25)
+        try:
+            await call(pb.ServerLiveRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _GONE:
+                return None  # any answer, even an error status, comes from a live server
+            reason = f"{exc.code().name}: {exc.details()}"
+        else:
+            return None
+    return reason
 
 
 class ModelStatisticsProbe:

@@ -15,13 +15,15 @@ from onnx_serve.bench.load import LevelRun
 PERCENTILES = (50, 90, 95, 99)
 
 
-def summarize(run: LevelRun, items_per_request: int) -> dict[str, Any]:
-    requests = len(run.latencies_s)
+def summarize(run: LevelRun, items_per_request: int, requests: int | None = None) -> dict[str, Any]:
+    """``requests``: the successful requests when not every latency is one (h2load times HTTP answers, and a gRPC
+    error is an HTTP 200 too); by default, one per latency."""
+    requests = len(run.latencies_s) if requests is None else requests
     wall = run.wall_s
     latencies_ms = np.asarray(run.latencies_s, dtype=np.float64) * 1e3
     latency: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES}
     latency.update(mean=None, max=None)
-    if requests:
+    if len(latencies_ms):
         values = np.percentile(latencies_ms, PERCENTILES, method="inverted_cdf")  # nearest rank
         latency = {f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, values, strict=True)}
         latency.update(mean=round(float(latencies_ms.mean()), 3), max=round(float(latencies_ms.max()), 3))
@@ -60,6 +62,11 @@ def summarize(run: LevelRun, items_per_request: int) -> dict[str, Any]:
     return summary
 
 
+def level_label(level: dict[str, Any]) -> str:
+    """How a level is named in tables and notes: c=16, or the h2load point 4x32 (connections x streams)."""
+    return level.get("point") or f"c={level['concurrency']}"
+
+
 def _cell(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -81,7 +88,8 @@ def format_table(levels: Sequence[dict[str, Any]]) -> str:
     rows = [header]
     for level in levels:
         latency = level["latency_ms"]
-        row = [str(level["concurrency"]), _cell(level["requests_per_s"], 1), _cell(level["items_per_s"], 1),
+        row = [level.get("point") or str(level["concurrency"]), _cell(level["requests_per_s"], 1),
+               _cell(level["items_per_s"], 1),
                *(_cell(latency[key], 3) for key in ("p50", "p90", "p95", "p99", "max")),
                _cell(level["error_count"]), "yes" if level["stable"] else "NO", f"{level['client_cpu']:.0%}",
                _cell(level["client_cpu_us_per_request"], 0)]
@@ -105,12 +113,12 @@ def notes_for(levels: Sequence[dict[str, Any]], cpus: float) -> list[str]:
     for level in levels:
         if not level["stable"]:
             rates = ", ".join(f"{r:,.0f}" for r in level["windows"]["requests_per_s"][-3:])
-            notes.append(f"c={level['concurrency']}: not stable: the last three windows ({rates} req/s) differ by "
+            notes.append(f"{level_label(level)}: not stable: the last three windows ({rates} req/s) differ by "
                          "more than 10%; measure longer (--duration) or on a quieter machine")
         if level["errors"]:
-            notes.append(f"c={level['concurrency']}: errors {level['errors']}")
+            notes.append(f"{level_label(level)}: errors {level['errors']}")
         if level["client_cpu"] >= 0.85:
-            notes.append(f"c={level['concurrency']}: the client used {level['client_cpu']:.0%} of a core: it may be "
+            notes.append(f"{level_label(level)}: the client used {level['client_cpu']:.0%} of a core: it may be "
                          f"the bottleneck ({cpus:g} CPUs here are shared by client and server)")
     return notes
 
@@ -165,6 +173,11 @@ class ProgressBar:
             else:
                 self._bar = tqdm(total=total_windows, unit="window", file=stream, leave=False, dynamic_ncols=True)
         self._label = ""
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is shown (a terminal): a caller can skip work that only feeds the bar."""
+        return self._enabled and self._stream.isatty()
 
     def level(self, label: str) -> None:
         self._label = label
