@@ -7,6 +7,7 @@ import contextlib
 import logging
 import ssl
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,7 +20,7 @@ from onnx_serve.edges.grpc.auth import TokenAuthInterceptor
 from onnx_serve.edges.grpc.classify import ClassifyServicer
 from onnx_serve.edges.grpc.health import NOT_SERVING, SERVING, HealthServicer
 from onnx_serve.edges.grpc.inference import InferenceServicer
-from onnx_serve.edges.grpc.transport import make_server
+from onnx_serve.edges.grpc.transport import LimitedRegistry, make_server
 from onnx_serve.edges.shared import PortUnavailable
 from onnx_serve.protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from onnx_serve.protos.onnxserve.v1 import classify_pb2, classify_pb2_grpc
@@ -96,11 +97,14 @@ class GrpcEdge:
         self.settings = settings
         interceptors = [TokenAuthInterceptor.from_file(settings.auth_token_file)] if settings.auth_token_file else []
         self.server = make_server(settings, reuse_port, interceptors)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), self.server)
-        classify_pb2_grpc.add_ImageClassifierServicer_to_server(ClassifyServicer(plane), self.server)
+        # Every service is registered with the request limits; the registry has the two registration methods the
+        # generated add_*_to_server functions call, which is all they use of a server.
+        registry = cast(grpc.aio.Server, LimitedRegistry(self.server, settings))
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), registry)
+        classify_pb2_grpc.add_ImageClassifierServicer_to_server(ClassifyServicer(plane), registry)
         self.health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        _enable_reflection(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
+        _enable_reflection(registry)
         self.credentials = server_credentials(settings)
         self.port = 0
 
