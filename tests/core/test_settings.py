@@ -144,3 +144,16 @@ def test_readme_table_matches_the_dataclass() -> None:
     end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
     assert "\n".join(lines[start:end]) + "\n" == markdown_table(), (
         "README.md's configuration table is stale: run python scripts/gen_settings_table.py")
+
+
+@pytest.mark.parametrize("command", ["bench", "tune", "quantize"])
+def test_the_tools_help_shows_a_default_at_most_once_per_option(
+        command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "100000")  # one line per option
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    options = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("-")]
+    assert options
+    for line in options:
+        assert "(default: None)" not in line and "(default: )" not in line and "(default: False)" not in line, line
+        assert line.lower().count("default") <= 1, line

@@ -33,6 +33,7 @@ from onnx_serve.bench.workload import (
     random_image,
 )
 from onnx_serve.core.settings import cpu_quota
+from onnx_serve.help_format import DefaultsHelpFormatter
 from onnx_serve.protos.inference import grpc_service_pb2 as pb
 
 EXIT_OK, EXIT_REQUEST_ERRORS, EXIT_SETUP, EXIT_SERVER_GONE = 0, 1, 2, 3
@@ -60,7 +61,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
         "with nghttp2's h2load (a C client that leaves the CPU to the server) at --points CxM. A server that goes "
         "away mid-run stops the bench with exit status 3. With --raw MODEL.onnx, measures in-process ONNX "
         "Runtime at several batch sizes instead (the ceiling).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     target = parser.add_argument_group("target")
     target.add_argument("--url", default="127.0.0.1:8001", help="server address HOST:PORT")
     target.add_argument("--model", help="model name (required unless --raw)")

@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from onnx_serve.help_format import DefaultsHelpFormatter
+
 DEFAULT_CONCURRENCY = (1, 8, 32)
 
 
@@ -46,7 +48,7 @@ def add_tune_parser(sub: argparse._SubParsersAction) -> None:
         "starts the servers itself) --workers. Each point is an `onnx-serve bench` sweep (its stability rule). "
         "Prints every point, the best configuration within the p99 budget at each concurrency and the diff of "
         "the chosen config.yaml; --out writes it, --apply puts it in place (and reloads a live server).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="model name (its directory in --repository)")
     parser.add_argument("--repository", type=Path, default=Path("models"), help="the model repository")
     parser.add_argument("--url", help="a running server (HOST:PORT) serving --repository: tuned through reloads; "

@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from onnx_serve.help_format import DefaultsHelpFormatter
 from onnx_serve.tools.quantize.defaults import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_HOLDOUT_SAMPLES,
@@ -61,7 +62,7 @@ def add_quantize_parser(sub: argparse._SubParsersAction) -> None:
         "agreement, mean absolute probability difference, accuracy when the files sit in folders named after "
         "their labels, raw ONNX Runtime images/s of both) and written as a new version of the same model only if "
         "it agrees often enough. Exit 0 written, 1 refused, 2 unusable input.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     parser.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="the model's directory, e.g. models/NAME")
     parser.add_argument("--calibration", type=Path, required=True, metavar="DIR",
                         help="folder of calibration images (.npy tensors for a model without preprocess), searched "
