@@ -32,7 +32,8 @@ from benchmarks.int8_data import mnist_folders, photo_folders
 from benchmarks.int8_doc import render
 from benchmarks.int8_profile import ort_op_profile, paired_speed
 from benchmarks.models import ROOT
-from benchmarks.run import run_bench, start_onnx_serve
+from benchmarks.run import Bench, python_levels, run_bench
+from benchmarks.servers import start_onnx_serve
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "minmax"
@@ -135,8 +136,9 @@ def served(subject: Subject, work: Path, int8_version: Path, passes: int, clock:
         for label in ("fp32", "int8") if number % 2 == 0 else ("int8", "fp32"):
             server = start_onnx_serve(f"{subject.key}-{label}", repositories[label], subject.name, logs)
             try:
-                document = run_bench(results, f"{subject.key}-{label}-{number}", server, subject.name,
-                                     subject.served_levels, clock, extra)
+                bench = Bench(f"{subject.key}-{label}-{number}", subject.name,
+                              python_levels(subject.served_levels, *extra))
+                document = run_bench(results, bench, server, clock)
             finally:
                 server.stop()
             for level in document["levels"]:

@@ -41,13 +41,13 @@ def summarize(raw: Path, top: int = 12) -> dict[str, Any]:
     by_thread: collections.Counter[str] = collections.Counter()
     stacks: list[tuple[list[str], int]] = []
     for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
             continue
         frames = stack.split(";")
         thread = frames[0].split(": ", 1)[-1].strip()
-        by_thread[_thread_kind(thread)] += int(count)
-        stacks.append((frames, int(count)))
+        by_thread[_thread_kind(thread)] += int(samples)
+        stacks.append((frames, int(samples)))
     total = sum(by_thread.values())
     if not total:
         return {"samples": 0, "threads": {}, "self": [], "inclusive": []}

@@ -1,55 +1,78 @@
-"""Regenerate docs/benchmarks.md: onnx-serve against raw ONNX Runtime and the peer servers, one client, one run.
+"""Regenerate docs/benchmarks.md: onnx-serve against raw ONNX Runtime and the peer servers, both bench drivers,
+in one run (issue #15's targets).
 
-    python -m benchmarks.run            # the full run (~12 min on 2 cores), writes docs/benchmarks.md
-    python -m benchmarks.run --quick    # a short smoke run of every step (~4 min)
-    python -m benchmarks.run --skip-peers --skip-resnet
+    python scripts/run_benchmarks.py            # the full run (~13-15 min on 2 cores), writes docs/benchmarks.md
+    python scripts/run_benchmarks.py --quick    # a short smoke run of every step (~4 min)
+    python -m benchmarks.run --skip-peers --skip-resnet     # the same module
+    python -m benchmarks.run --render-only      # rewrite the report from bench-results/summary.json
 
-Every server is started here, on 127.0.0.1 with free ports, measured by the same `onnx-serve bench` client
-(a subprocess, so the client is one process like a user's) and stopped before the next starts. Peers come
-from ../shared/peers (their start.sh create venvs under /tmp the first time: slow once). Models: the bundled
-models/mnist-cnn (or, while it is not built yet, an MNIST-shaped CNN with random weights) and the
-ResNet-18-shaped CNN of `python -m training.resnet18 --out bench-models` (built here when missing and torch
-is installed). Raw JSON lands in bench-results/, the report in docs/benchmarks.md and docs/benchmarks.png.
+Every server is started here, on 127.0.0.1 with free ports, and stopped before the next starts. Two clients
+measure it: nghttp2's C client through `onnx-serve bench --driver h2load --points 4x32` (the client leaves the
+CPU to the server), and the Python client `onnx-serve bench` (a subprocess, so the client is one process like a
+user's) at concurrency 1, 8 and 32. The MNIST servers are measured in `--repeat` passes, servers in rotated
+order, each level keeping its best pass. Peers come from ../shared/peers: the do-nothing V2 server, NVIDIA
+Triton 2.51 through PyTriton (its Python backend), MLServer with batching off and on, and KServe with
+`--with-kserve` (issue #15 does not need it). Their start.sh create venvs under /tmp the first time (pip,
+minutes, once). Models: the bundled models/mnist-cnn (or, while it is not built yet, an MNIST-shaped CNN with
+random weights) and the ResNet-18-shaped CNN of `python -m training.resnet18 --out bench-models` (built here
+when missing and torch is installed). Raw JSON lands in bench-results/, the report in docs/benchmarks.md and
+docs/benchmarks.png.
+
+What is not measured here is carried over from the existing docs/benchmarks.md (benchmarks/carry.py): the
+hand-written analysis between `<!-- analysis:begin -->` and `<!-- analysis:end -->`, and everything from
+`<!-- appended:begin -->` to the end of the file (the "HTTP edge" section of benchmarks/http.py --write-doc,
+with its own markers, the "INT8" and "tune" sections of benchmarks/int8*.py and `onnx-serve tune`), verbatim.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import yaml
-from onnx_serve.bench.launch import ServerProcess, launch, start_server, wait_for_model
-
-from benchmarks import profiling
+from benchmarks.carry import carried_blocks
 from benchmarks.doc import machine_info, render
-from benchmarks.models import ROOT, mnist_model_dir, peer_models, repository_variant, resnet_model_dir
+from benchmarks.models import ROOT
+from benchmarks.recount import TOTALS, recount
+from benchmarks.servers import Server
 
-PEERS = Path(os.environ.get("ONNX_SERVE_PEERS", ROOT.parent / "shared" / "peers"))
-MNIST_LEVELS = (1, 8, 32, 64)
+H2LOAD_POINT = "4x32"
+# `onnx-serve bench --driver h2load`'s refusal when its check's request was not counted where it reads counters
+MISSED_CHECK = "the server counted no successful request"
+CHECK_ATTEMPTS = 6  # with 2 workers each attempt passes with odds 1/2: 6 fail together 1.6% of the time
 
 
-@dataclass
-class Server:
-    """A server of the run, and how long it took from launch until ModelMetadata answered for the model."""
+class Bench(NamedTuple):
+    """One `onnx-serve bench` run against a started server: its key in the results, the model, the load
+    arguments (`--concurrency ...` or `--driver h2load --points ...`) and, when not the run's, its timing."""
 
-    name: str
-    running: ServerProcess
-    startup_s: float
+    key: str
+    model: str
+    load: tuple[str, ...]
+    timing: argparse.Namespace | None = None
 
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):  # it is killed by then
-            self.running.stop(timeout=20)
+
+def python_levels(levels: Sequence[int], *extra: str) -> tuple[str, ...]:
+    return ("--concurrency", ",".join(map(str, levels)), *extra)
+
+
+def _one_level(load: Sequence[str]) -> bool:
+    """An h2load bench of one point, or a Python-client bench of one concurrency level."""
+    if "h2load" in load:
+        return "," not in load[load.index("--points") + 1]
+    return "," not in load[load.index("--concurrency") + 1]
+
+
+def h2load_points(points: str = H2LOAD_POINT) -> tuple[str, ...]:
+    return ("--driver", "h2load", "--points", points)
 
 
 @dataclass
@@ -64,61 +87,25 @@ class Runs:
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def ready(name: str, running: ServerProcess, model: str, log: Path, timeout: float) -> Server:
-    """Waits until ModelMetadata answers for `model`, the first moment a client could use it: start-up time is
-    measured that way for every server alike."""
-    try:
-        wait_for_model(running.url, model, timeout=timeout, process=running.process)
-    except Exception as exc:
-        running.process.kill()
-        raise RuntimeError(f"{name}: {exc}; see {log}") from None
-    return Server(name, running, time.monotonic() - running.started)
-
-
-def start_onnx_serve(name: str, repository: Path, model: str, logs: Path, workers: int = 1) -> Server:
-    log = logs / f"{name}.log"
-    try:
-        running = start_server(repository, "--workers", str(workers), "--execution-providers", "cpu",
-                               "--grace-period", "1", cwd=ROOT, log_path=log, new_session=True)
-    except AssertionError as exc:  # its message holds the whole log, which is in the file already
-        raise RuntimeError(f"{name}: {str(exc).splitlines()[0]}; see {log}") from None
-    return ready(name, running, model, log, timeout=60)
-
-
-def start_peer(kind: str, name: str, models_dir: Path, model: str, logs: Path) -> Server:
-    port = free_port()
-    script = PEERS / kind / "start.sh"
-    extra = {"mlserver": ["--workers", "0", "--batching", "off", "--debug", "false"],
-             "kserve": ["--enable_latency_logging", "false"], "null": []}[kind]
-    env = {"PEER_MODELS_DIR": str(models_dir), "KSERVE_LOGLEVEL": "WARNING",
-           "BENCH_RUN_DIR": str(models_dir.parent / f"mlserver-run-{port}")}
-    log = logs / f"{name}.log"
-    running = launch([str(script), "--port", str(port), "--models", model, *extra], grpc_port=port, env=env,
-                     cwd=models_dir.parent, log_path=log, new_session=True)
-    return ready(name, running, model, log, timeout=600)
-
-
-def run_bench(results: Path, key: str, server: Server, model: str, levels: Sequence[int], timing: argparse.Namespace,
-              extra: Sequence[str] = ()) -> dict[str, Any]:
-    out = results / f"{key}.json"
-    args = ["bench", "--url", server.running.url, "--model", model, "--concurrency", ",".join(map(str, levels)),
+def run_bench(results: Path, bench: Bench, server: Server, timing: argparse.Namespace) -> dict[str, Any]:
+    out = results / f"{bench.key}.json"
+    args = ["bench", "--url", server.running.url, "--model", bench.model, *bench.load,
             "--duration", str(timing.duration), "--warmup", str(timing.warmup), "--window", str(timing.window),
-            "--label", key, *extra]
+            "--label", bench.key]
     shown = "onnx-serve " + " ".join(a if a != server.running.url else "$URL" for a in args)
-    shown += f" --json {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
-    print(f"== {key}: {shown}", flush=True)
+    shown += f" --json {_shown(out)}"
+    print(f"== {bench.key}: {shown}", flush=True)
+    out.unlink(missing_ok=True)
     completed = subprocess.run([sys.executable, "-m", "onnx_serve", *args, "--json", str(out), "--server-pid",
                                 str(server.running.pid), "--no-progress"], cwd=ROOT, text=True, capture_output=True)
     print(completed.stdout, end="", flush=True)
-    if completed.returncode not in (0, 1) or not out.exists():
-        raise RuntimeError(f"bench {key} failed ({completed.returncode}): {completed.stderr[-2000:]}")
-    document = json.loads(out.read_text())
+    if completed.returncode not in (0, 1) or not out.exists():  # 1: a level had errors, which the report shows
+        raise RuntimeError(f"bench {bench.key} failed ({completed.returncode}): {completed.stderr[-2000:]}")
+    document: dict[str, Any] = json.loads(out.read_text())
     document["command"] = shown
     document["server_name"] = server.name
     return document
@@ -126,18 +113,16 @@ def run_bench(results: Path, key: str, server: Server, model: str, levels: Seque
 
 def run_raw(results: Path, key: str, model_dir: Path, batch_sizes: Sequence[int], duration: float) -> dict[str, Any]:
     out = results / f"{key}.json"
-    args = ["bench", "--raw", str(model_dir.relative_to(ROOT) if model_dir.is_relative_to(ROOT) else model_dir),
-            "--batch-sizes", ",".join(map(str, batch_sizes)), "--duration", str(duration), "--warmup", "0.5"]
+    args = ["bench", "--raw", _shown(model_dir), "--batch-sizes", ",".join(map(str, batch_sizes)),
+            "--duration", str(duration), "--warmup", "0.5"]
     print(f"== {key}: onnx-serve {' '.join(args)}", flush=True)
     completed = subprocess.run([sys.executable, "-m", "onnx_serve", *args, "--json", str(out), "--no-progress"],
                                cwd=ROOT, text=True, capture_output=True, check=True)
     print(completed.stdout, flush=True)
-    document = json.loads(out.read_text())
+    document: dict[str, Any] = json.loads(out.read_text())
     document["command"] = "onnx-serve " + " ".join(args)
     return document
 
-
-# ---------------------------------------------------------------------------------------------- the run
 
 class Session:
     """Runs scenarios, recording each server's start-up time and peak RSS; a failing scenario is reported
@@ -146,9 +131,7 @@ class Session:
     def __init__(self, state: Runs, options: argparse.Namespace, results: Path, logs: Path) -> None:
         self.state, self.options, self.results, self.logs = state, options, results, logs
 
-    def serve(self, server_key: str, start: Any, benches: Sequence[tuple[str, str, Sequence[int], Sequence[str]]],
-              timing: argparse.Namespace | None = None) -> None:
-        """benches: (run key, model, levels, extra bench args)."""
+    def serve(self, server_key: str, start: Callable[[], Server], benches: Sequence[Bench]) -> None:
         try:
             server = start()
         except Exception as exc:
@@ -158,20 +141,42 @@ class Session:
         info = self.state.servers.setdefault(server_key, {"startup_s": round(server.startup_s, 2), "rss_mb": 0.0})
         info["startup_s"] = min(info["startup_s"], round(server.startup_s, 2))
         try:
-            for key, model, levels, extra in benches:
+            for bench in benches:
                 try:
-                    document = run_bench(self.results, key, server, model, levels, timing or self.options, extra)
+                    document = self._bench(bench, server)
                 except Exception as exc:
-                    self.state.skipped.append(f"{key}: {exc}")
+                    self.state.skipped.append(f"{bench.key}: {exc}")
                     print(f"!! {self.state.skipped[-1]}", flush=True)
                     continue
                 document["server_key"] = server_key
-                self._keep_best(key, document)
+                self._keep_best(bench.key, document)
                 rss = [lv["server_rss_mb"] for lv in document["levels"] if lv["server_rss_mb"]]
                 info["rss_mb"] = max([info["rss_mb"], *rss])
         finally:
             server.stop()
 
+    def _bench(self, bench: Bench, server: Server) -> dict[str, Any]:
+        """One bench; where the server's ModelStatistics cannot vouch for an h2load point (or give a mean batch),
+        it is recounted from the server's /metrics (benchmarks/recount.py)."""
+        timing = bench.timing or self.options
+        if server.counters is None or not _one_level(bench.load):
+            return run_bench(self.results, bench, server, timing)
+        kind = server.counters[0]
+        totals = TOTALS[kind]
+        for attempt in range(1, CHECK_ATTEMPTS + 1):
+            before = totals(server.scrape(), bench.model)
+            try:
+                document = run_bench(self.results, bench, server, timing)
+                break
+            except RuntimeError as exc:
+                # The h2load driver's check sends one request on a connection of its own, and may reach the
+                # worker whose ModelStatistics it does not read: it refuses the body though the answer was OK.
+                if server.workers == 1 or MISSED_CHECK not in str(exc) or attempt == CHECK_ATTEMPTS:
+                    raise
+                print(f"   (the check reached the other worker; attempt {attempt + 1} of {CHECK_ATTEMPTS})")
+        recount(document, before, totals(server.scrape(), bench.model), f"{kind}'s /metrics")
+        (self.results / f"{bench.key}.json").write_text(json.dumps(document, indent=2) + "\n")
+        return document
 
     def _keep_best(self, key: str, document: dict[str, Any]) -> None:
         """With --repeat, each level keeps its best pass (other load on the machine only ever slows a level
@@ -196,112 +201,19 @@ class Session:
         earlier["levels"] = merged
 
 
-def measure_mnist(session: Session, work: Path) -> None:
-    options, state, logs = session.options, session.state, session.logs
-    source, bundled = mnist_model_dir(work)
-    state.settings["mnist_source"] = str(source.relative_to(ROOT) if source.is_relative_to(ROOT) else source)
-    state.settings["mnist_bundled"] = bundled
-    config = yaml.safe_load((source / "config.yaml").read_text()) if (source / "config.yaml").exists() else {}
-    state.settings["mnist_batching"] = config.get("dynamic_batching") or {}
-    model = "mnist-cnn"
-    state.raw["mnist"] = run_raw(session.results, "raw-mnist", source, (1, 2, 4, 8, 16, 32, 64), options.raw_duration)
-    on = repository_variant(source, work, "mnist-batching-on", model, batching=True)
-    off = repository_variant(source, work, "mnist-batching-off", model, batching=False)
-    levels = MNIST_LEVELS
-    servers: list[tuple[str, Any, list[tuple[str, str, Sequence[int], Sequence[str]]]]] = [
-        ("onnx-serve", lambda: start_onnx_serve("onnx-serve", on, model, logs), [
-            ("onnx-serve", model, levels, []),
-            ("onnx-serve-stream", model, levels, ["--api", "stream"]),
-            ("client-proto-codec", model, (32,), ["--codec", "proto"]),
-            ("client-2-channels", model, (32,), ["--channels", "2"]),
-        ]),
-        ("onnx-serve-batching-off", lambda: start_onnx_serve("onnx-serve-batching-off", off, model, logs),
-         [("onnx-serve-batching-off", model, levels, [])]),
-        ("onnx-serve-2-workers", lambda: start_onnx_serve("onnx-serve-2-workers", on, model, logs, 2),
-         [("onnx-serve-2-workers", model, levels, ["--channels", "4"])]),
-    ]
-    if options.skip_peers:
-        state.skipped.append("peers: --skip-peers")
-    else:
-        models = peer_models(work, {model: source})
-        servers += [(kind, lambda kind=kind: start_peer(kind, kind, models, model, logs), [(kind, model, levels, [])])
-                    for kind in ("null", "kserve", "mlserver")]
-    for index in range(options.repeat):  # passes run the servers in rotated order
-        for server_key, start, benches in servers[index % len(servers):] + servers[:index % len(servers)]:
-            session.serve(server_key, start, benches)
-    session.serve("onnx-serve", lambda: start_onnx_serve("onnx-serve", on, model, logs),
-                  [("onnx-serve-classify", model, (1, 32), ["--api", "classify"])])
-    if not options.skip_profile:
-        profile_onnx_serve(session, on, model)
-
-
-def profile_onnx_serve(session: Session, repository: Path, model: str, concurrency: int = 32, seconds: int = 5
-                       ) -> None:
-    """py-spy samples of the server and of the client while the client holds `concurrency` requests in flight."""
-    if profiling.py_spy() is None:
-        session.state.skipped.append("profile: py-spy is not installed (pip install py-spy)")
-        return
-    server = start_onnx_serve("onnx-serve-profiled", repository, model, session.logs)
-    warmup = 2.0
-    try:
-        client = subprocess.Popen([sys.executable, "-m", "onnx_serve", "bench", "--url", server.running.url,
-                                   "--model", model, "--concurrency", str(concurrency), "--warmup", str(warmup),
-                                   "--duration", str(seconds + 3), "--no-progress"], cwd=ROOT,
-                                  stdout=subprocess.DEVNULL)
-        time.sleep(warmup + 0.5)
-        targets = {"server": server.running.pid, "client": client.pid}
-        for name in targets:
-            (session.results / f"profile-{name}.txt").unlink(missing_ok=True)
-        recorders = [profiling.start_recording(pid, seconds, session.results / f"profile-{name}.txt")
-                     for name, pid in targets.items()]
-        for recorder in recorders:
-            if recorder is not None:
-                recorder.wait()
-        client.wait()
-    finally:
-        server.stop()
-    for name in targets:
-        raw = session.results / f"profile-{name}.txt"
-        if raw.exists():
-            session.state.profiles[name] = {"concurrency": concurrency, "seconds": seconds,
-                                            **profiling.summarize(raw)}
-        else:
-            session.state.skipped.append(f"profile of the {name}: py-spy recorded nothing (ptrace not permitted?)")
-
-
-def measure_resnet(session: Session, work: Path) -> None:
-    options, state, logs = session.options, session.state, session.logs
-    source = resnet_model_dir()
-    if source is None:
-        state.skipped.append("resnet18: bench-models/resnet18 is missing and torch is not installed")
-        return
-    model = "resnet18"
-    state.raw["resnet18"] = run_raw(session.results, "raw-resnet18", source, (1, 2, 4, 8, 16, 32, 64),
-                                    options.raw_duration)
-    timing = argparse.Namespace(duration=max(options.duration, options.resnet_duration), warmup=options.warmup,
-                                window=max(options.window, options.resnet_duration / 5))
-    on = repository_variant(source, work, "resnet18-batching-on", model, batching=True)
-    session.serve("onnx-serve-resnet18", lambda: start_onnx_serve("onnx-serve-resnet18", on, model, logs),
-                  [("onnx-serve-resnet18", model, (1, 8), [])], timing)
-    if options.skip_peers:
-        return
-    models = peer_models(work, {model: source})
-    for kind in ("kserve", "mlserver"):
-        session.serve(f"{kind}-resnet18", lambda kind=kind: start_peer(kind, f"{kind}-resnet18", models, model, logs),
-                      [(f"{kind}-resnet18", model, (1, 8), [])], timing)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per concurrency level")
+    parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per Python-client level")
+    parser.add_argument("--h2load-duration", type=float, default=6.0, help="measured seconds per h2load point")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--window", type=float, default=1.5, help="stability window, seconds")
     parser.add_argument("--raw-duration", type=float, default=2.5, help="seconds per batch size for --raw")
     parser.add_argument("--resnet-duration", type=float, default=10.0, help="measured seconds per ResNet-18 level")
     parser.add_argument("--repeat", type=int, default=2,
                         help="passes over the MNIST servers; each level reports its best pass (noise only slows)")
-    parser.add_argument("--quick", action="store_true", help="short durations: a smoke run of every step")
+    parser.add_argument("--quick", action="store_true", help="short durations, one pass: a smoke run of every step")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--with-kserve", action="store_true", help="also KServe (MNIST, Python client)")
     parser.add_argument("--skip-resnet", action="store_true")
     parser.add_argument("--skip-profile", action="store_true", help="no py-spy profile of onnx-serve at c=32")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -311,26 +223,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the report from the last run's bench-results/summary.json, measuring nothing")
     options = parser.parse_args(argv)
-    chart = options.out.with_suffix(".png")
+    if options.quick:
+        options.duration, options.h2load_duration, options.warmup, options.window = 2.0, 2.0, 0.5, 0.5
+        options.raw_duration, options.resnet_duration, options.repeat = 0.5, 3.0, 1
+    return options
+
+
+def write_report(state: Runs, out: Path) -> None:
+    """Renders the report; the hand-written analysis and the appended sections come from the file it replaces."""
+    carried = carried_blocks(out.read_text() if out.exists() else "", ROOT / "docs" / "benchmarks-analysis.md")
+    out.write_text(render(state, out.with_suffix(".png"), ROOT, carried))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.scenarios import measure_mnist, measure_resnet
+
+    options = parse_options(argv)
     if options.render_only:
         state = Runs(**json.loads((options.results / "summary.json").read_text()))
-        options.out.write_text(render(state, chart, ROOT))
-        print(f"wrote {options.out} and {chart} from {options.results / 'summary.json'}")
+        write_report(state, options.out)
+        print(f"wrote {options.out} from {options.results / 'summary.json'}")
         return 0
-    if options.quick:
-        options.duration, options.warmup, options.window = 2.0, 0.5, 0.5
-        options.raw_duration, options.resnet_duration, options.repeat = 0.5, 3.0, 1
     options.results.mkdir(parents=True, exist_ok=True)
     logs = options.results / "logs"
     logs.mkdir(exist_ok=True)
     options.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     load_at_start = os.getloadavg()[0]
-    state = Runs(settings={"duration_s": options.duration, "warmup_s": options.warmup, "window_s": options.window,
+    command = os.environ.get("BENCHMARKS_COMMAND", "python -m benchmarks.run")  # scripts/run_benchmarks.py sets it
+    state = Runs(settings={"duration_s": options.duration, "h2load_duration_s": options.h2load_duration,
+                           "warmup_s": options.warmup, "window_s": options.window, "h2load_point": H2LOAD_POINT,
                            "raw_duration_s": options.raw_duration, "resnet_duration_s": options.resnet_duration,
-                           "repeat": options.repeat, "quick": options.quick,
-                           "command": shlex.join(["python", "-m", "benchmarks.run",
-                                                  *(sys.argv[1:] if argv is None else argv)])})
+                           "repeat": options.repeat, "quick": options.quick, "results": _shown(options.results),
+                           "command": shlex.join([*shlex.split(command), *(sys.argv[1:] if argv is None else argv)])})
     session = Session(state, options, options.results, logs)
     measure_mnist(session, options.work)
     if options.skip_resnet:
@@ -341,8 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     state.settings["machine"] = machine_info()
     state.settings["machine"]["load_average"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
     (options.results / "summary.json").write_text(json.dumps(state.__dict__, indent=2, default=str) + "\n")
-    options.out.write_text(render(state, chart, ROOT))
-    print(f"wrote {options.out} and {chart} in {state.settings['elapsed_s']} s", flush=True)
+    write_report(state, options.out)
+    print(f"wrote {options.out} in {state.settings['elapsed_s']} s", flush=True)
     return 0
 
 

@@ -39,3 +39,10 @@ def test_the_harness_runs_as_a_module() -> None:
                                text=True, timeout=60)
     assert completed.returncode == 0, completed.stderr
     assert "python -m benchmarks.run" in completed.stdout
+
+
+def test_the_entry_point_script_runs_the_harness() -> None:
+    completed = subprocess.run([sys.executable, "scripts/run_benchmarks.py", "--help"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert "--quick" in completed.stdout and "--with-kserve" in completed.stdout
